@@ -1,0 +1,39 @@
+"""Command line: ``python -m gateway {serve,classify,check-policy} ...``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+COMMANDS = {
+    "serve": "gateway.cli.serve",
+    "classify": "gateway.cli.classify",
+    "check-policy": "gateway.cli.check_policy",
+}
+
+USAGE = """usage: python -m gateway COMMAND [options]
+
+commands:
+  serve          run the gateway (GATEWAY_* environment variables, see README)
+  classify       dry-run routing decisions for JSONL requests on stdin
+  check-policy   validate policy YAML files
+"""
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], list(argv[1:])
+    module = COMMANDS.get(command)
+    if module is None:
+        print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    # Imported on demand: `classify` should not pay for aiohttp, nor `serve` for the CLI tools.
+    run: Callable[[Sequence[str]], int] = importlib.import_module(module).main
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""create_app(): middlewares, routes and one cleanup context per resource. Wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway.http.middlewares import api_key_auth, request_id_and_errors
+from gateway.http.routes import add_routes
+from gateway.metrics import GatewayMetrics
+from gateway.routing.state import PolicyHolder, RoutingState, load_routing_state
+from gateway.routing.tokens import encoding
+from gateway.settings import Settings
+from gateway.state import STATE, GatewayState
+from gateway.upstream.forward import Forwarder
+from gateway.upstream.health import run_health_checks
+from gateway.upstream.pool import NodePool
+
+log = logging.getLogger("gateway")
+
+MAX_UPSTREAM_CONNECTIONS = 512
+"""Bound on the shared connection pool; each node's own limit is its max_concurrency."""
+
+
+async def create_app(settings: Settings, *, health_checks: bool = True) -> web.Application:
+    """Build the app. Loads the policy now, so a broken file fails start-up, not a request."""
+    initial = await asyncio.to_thread(
+        load_routing_state, settings.policy_path, settings.node_overrides()
+    )
+    await asyncio.to_thread(encoding)  # tokenizer load (~0.3 s) off the request path
+    app = web.Application(middlewares=[request_id_and_errors, api_key_auth])
+    app.cleanup_ctx.append(_gateway_state(settings, initial))
+    app.cleanup_ctx.append(_policy_reloads)
+    if health_checks:
+        app.cleanup_ctx.append(_health_checks)
+    add_routes(app)
+    return app
+
+
+def _gateway_state(settings: Settings, initial: RoutingState):  # type: ignore[no-untyped-def]
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        metrics = GatewayMetrics()
+        pool = NodePool(initial.policy)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, keepalive_timeout=30),
+            auto_decompress=False,
+        )
+        policies = PolicyHolder(
+            settings.policy_path,
+            initial,
+            overrides=settings.node_overrides(),
+            on_change=lambda state: pool.sync(state.policy),
+            on_result=lambda ok: metrics.policy_reloads.labels(
+                "success" if ok else "failure"
+            ).inc(),
+        )
+        app[STATE] = GatewayState(
+            settings=settings,
+            policies=policies,
+            pool=pool,
+            metrics=metrics,
+            forwarder=Forwarder(pool, session, metrics),
+            session=session,
+        )
+        yield
+        await session.close()
+
+    return context
+
+
+async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
+    """Reload on file change (polling the mtime) and on SIGHUP."""
+    state = app[STATE]
+    watcher = asyncio.create_task(state.policies.watch(state.settings.policy_poll_s))
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(state.policies.reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    yield
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.remove_signal_handler(signal.SIGHUP)
+    watcher.cancel()
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(watcher, *pending, return_exceptions=True)
+
+
+async def _health_checks(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    task = asyncio.create_task(
+        run_health_checks(state.session, state.pool, lambda: state.policies.current.policy.health)
+    )
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

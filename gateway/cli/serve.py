@@ -1,0 +1,76 @@
+"""``python -m gateway serve``: run the gateway until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.routing.policy import PolicyError
+from gateway.settings import SettingsError, settings_from_env
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway serve", description=__doc__)
+    parser.add_argument("--host", help="listen address (GATEWAY_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (GATEWAY_PORT, default 8080)")
+    parser.add_argument("--policy", help="policy YAML (GATEWAY_POLICY)")
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from dataclasses import replace
+    from pathlib import Path
+
+    if args.host:
+        settings = replace(settings, host=args.host)
+    if args.port is not None:
+        settings = replace(settings, port=args.port)
+    if args.policy:
+        settings = replace(settings, policy_path=Path(args.policy))
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_serve(settings))
+    except PolicyError as exc:
+        print(f"error: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(settings) -> None:  # type: ignore[no-untyped-def]
+    app = await create_app(settings)
+    # handler_cancellation: a client that disconnects cancels its handler and so its upstream call.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    await site.start()
+    log.info(
+        "gateway listening on http://%s:%d (policy %s)",
+        settings.host,
+        settings.port,
+        settings.policy_path,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("gateway shutting down")
+        await runner.cleanup()

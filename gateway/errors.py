@@ -1,0 +1,171 @@
+"""The gateway's error hierarchy; every error renders an OpenAI-style body.
+
+::
+
+    GatewayError (500 internal_error)
+    ├── ClientError (400 invalid_request)            bad input: never retried
+    │   ├── BodyTooLarge (413 request_too_large)
+    │   ├── InvalidJSON (400 invalid_json)
+    │   ├── InvalidRequest (400 invalid_request, names the param)
+    │   ├── Unauthorized (401 invalid_api_key)
+    │   ├── ModelNotFound (404 model_not_found)
+    │   ├── PinningNotAllowed (403 tier_pinning_disabled)
+    │   └── UpstreamClientError (the upstream's 4xx, passed on)
+    ├── UpstreamError (502 upstream_error)          one attempt failed: may fail over
+    │   ├── UpstreamConnectError (502 upstream_connect_error)
+    │   ├── UpstreamTimeout (504 upstream_timeout)
+    │   ├── UpstreamStatusError (502 upstream_status_<code>)
+    │   ├── UpstreamOverloaded (503 upstream_overloaded)
+    │   └── UpstreamProtocolError (502 upstream_protocol_error)
+    └── NoCapacity (503 no_healthy_upstream, with Retry-After)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from gateway.protocol import ErrorBody, error_body
+
+FailureKind = Literal["connect_error", "timeout", "status_5xx", "overloaded", "protocol_error"]
+
+
+class GatewayError(Exception):
+    """Base class: an HTTP status, a stable code and an OpenAI-style body."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    type: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def body(self) -> ErrorBody:
+        return error_body(self.message, type=self.type, code=self.code, param=self.param)
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class ClientError(GatewayError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class BodyTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class InvalidJSON(ClientError):
+    code = "invalid_json"
+
+
+class InvalidRequest(ClientError):
+    code = "invalid_request"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "invalid_api_key"
+    type = "authentication_error"
+
+
+class ModelNotFound(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class PinningNotAllowed(ClientError):
+    status = 403
+    code = "tier_pinning_disabled"
+    type = "permission_error"
+
+
+class UpstreamClientError(ClientError):
+    """An upstream rejected the request itself (4xx): retrying elsewhere won't help."""
+
+    def __init__(self, status: int, body: ErrorBody) -> None:
+        detail = body["error"]
+        super().__init__(detail["message"], param=detail.get("param"))
+        self.upstream_status = status
+        self.upstream_body = body
+
+    def body(self) -> ErrorBody:
+        return self.upstream_body
+
+
+class UpstreamError(GatewayError):
+    """One attempt against one node failed in a way another node may not."""
+
+    status = 502
+    code = "upstream_error"
+    kind: ClassVar[FailureKind] = "protocol_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_connect_error"
+    kind = "connect_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    kind = "timeout"
+
+
+class UpstreamStatusError(UpstreamError):
+    code = "upstream_status_error"
+    kind = "status_5xx"
+
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class UpstreamOverloaded(UpstreamError):
+    status = 503
+    code = "upstream_overloaded"
+    kind = "overloaded"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+    kind = "protocol_error"
+
+
+class NoCapacity(GatewayError):
+    """No node could serve the request; the client should come back later."""
+
+    status = 503
+    code = "no_healthy_upstream"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+__all__ = [
+    "BodyTooLarge",
+    "ClientError",
+    "FailureKind",
+    "GatewayError",
+    "InvalidJSON",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NoCapacity",
+    "PinningNotAllowed",
+    "Unauthorized",
+    "UpstreamClientError",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamOverloaded",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+]

@@ -1,0 +1,73 @@
+"""The small endpoints: models, liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.http.chat import chat_completions
+from gateway.protocol import ModelCard, ModelList
+from gateway.state import STATE
+from gateway.upstream.circuit import CircuitState
+
+_CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``auto``, the two tier names, and every node's served model."""
+    policy = request.app[STATE].policies.current.policy
+    created = int(request.app[STATE].policies.current.loaded_at)
+    names = ["auto", "edge", "cloud", *sorted(policy.served_models())]
+    cards = [
+        ModelCard(id=name, object="model", created=created, owned_by="hybrid-gateway")
+        for name in dict.fromkeys(names)
+    ]
+    return web.json_response(ModelList(object="list", data=cards))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: a policy is loaded and at least one node passed its health check."""
+    state = request.app[STATE]
+    tiers = {
+        tier: [
+            {"node": n.name, "healthy": n.healthy, "circuit": str(n.breaker.state)}
+            for n in state.pool.nodes(tier)
+        ]
+        for tier in ("edge", "cloud")
+    }
+    ready = state.pool.ready()
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "policy": str(state.policies.path),
+        "policy_error": state.policies.last_error,
+        "tiers": tiers,
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    m = state.metrics
+    for node in state.pool.all_nodes():
+        m.node_up.labels(node.tier, node.name).set(1 if node.healthy else 0)
+        m.node_circuit.labels(node.tier, node.name).set(_CIRCUIT_VALUE[node.breaker.state])
+        m.node_in_flight.labels(node.tier, node.name).set(node.in_flight)
+    m.policy_info.set(state.policies.current.loaded_at)
+    return web.Response(
+        body=m.render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,107 @@
+"""Prometheus metrics of one gateway app, in a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+@dataclass(slots=True)
+class GatewayMetrics:
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
+    requests: Counter = field(init=False)
+    route_decisions: Counter = field(init=False)
+    attempts: Counter = field(init=False)
+    fallbacks: Counter = field(init=False)
+    policy_reloads: Counter = field(init=False)
+    policy_info: Gauge = field(init=False)
+    node_up: Gauge = field(init=False)
+    node_circuit: Gauge = field(init=False)
+    node_in_flight: Gauge = field(init=False)
+    tokens: Counter = field(init=False)
+    first_token_s: Histogram = field(init=False)
+    duration_s: Histogram = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Chat requests by the tier that answered and outcome",
+            ("tier", "outcome"),
+            registry=r,
+        )
+        self.route_decisions = Counter(
+            "gateway_route_decisions",
+            "Routing decisions by chosen tier and reason kind",
+            ("tier", "reason"),
+            registry=r,
+        )
+        self.attempts = Counter(
+            "gateway_upstream_attempts",
+            "Upstream attempts by node and result",
+            ("tier", "node", "result"),
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "gateway_fallbacks",
+            "Moves to another node or tier after a failed attempt",
+            ("from_tier", "to_tier", "reason"),
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "gateway_policy_reloads",
+            "Policy reloads by result",
+            ("result",),
+            registry=r,
+        )
+        self.policy_info = Gauge(
+            "gateway_policy_loaded_timestamp_seconds",
+            "When the running policy was loaded",
+            registry=r,
+        )
+        self.node_up = Gauge(
+            "gateway_node_up",
+            "1 if the node's last health check passed",
+            ("tier", "node"),
+            registry=r,
+        )
+        self.node_circuit = Gauge(
+            "gateway_node_circuit_state",
+            "0 closed, 1 half-open, 2 open",
+            ("tier", "node"),
+            registry=r,
+        )
+        self.node_in_flight = Gauge(
+            "gateway_node_in_flight",
+            "Requests in flight per node",
+            ("tier", "node"),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens by tier and direction (prompt or completion)",
+            ("tier", "direction"),
+            registry=r,
+        )
+        self.first_token_s = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Time to the first streamed chunk per tier",
+            ("tier",),
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.duration_s = Histogram(
+            "gateway_request_duration_seconds",
+            "Whole request duration per tier",
+            ("tier",),
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

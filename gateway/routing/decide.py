@@ -1,0 +1,122 @@
+"""decide(): a request's features and the policy in, a tier and a reason out. Pure, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.protocol import TIERS, ChatMessage, Tier
+from gateway.routing.classifier import Classifier, Complexity
+from gateway.routing.policy import Policy, Rule
+
+TIER_HEADER = "x-gateway-tier"
+AUTO_MODEL = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingRequest:
+    messages: Sequence[ChatMessage]
+    max_tokens: int | None = None
+    model: str = AUTO_MODEL
+    headers: Mapping[str, str] | None = None
+    """Request headers with lower-case names."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    tier: Tier
+    reason: str
+    """Human-readable, for the x-gateway-route-reason header and logs."""
+    reason_kind: str
+    """Low-cardinality label for metrics: score, rule:<name>, pinned:model, pinned:header."""
+    complexity: Complexity
+    model: str | None = None
+    """A served model name the client pinned, or None to let the gateway pick any node."""
+
+    @property
+    def score(self) -> float:
+        return self.complexity.score
+
+
+def decide(policy: Policy, classifier: Classifier, request: RoutingRequest) -> Decision:
+    """Pick the tier for one request: a pin (if allowed), then the rules, then the score."""
+    headers = request.headers or {}
+    complexity = classifier.classify(request.messages, max_tokens=request.max_tokens)
+    pinned_model, model_tier = _model_pin(policy, request.model)
+    header_tier = headers.get(TIER_HEADER)
+    if header_tier is not None and header_tier not in TIERS:
+        raise InvalidRequest(
+            f"{TIER_HEADER} must be one of {', '.join(TIERS)}, got {header_tier!r}",
+            param=TIER_HEADER,
+        )
+    if policy.routing.allow_pinning:
+        if model_tier is not None:
+            return Decision(
+                tier=model_tier,
+                reason=f"pinned by model {request.model}",
+                reason_kind="pinned:model",
+                complexity=complexity,
+                model=pinned_model,
+            )
+        if header_tier is not None:
+            tier: Tier = "edge" if header_tier == "edge" else "cloud"
+            return Decision(
+                tier=tier,
+                reason=f"pinned by header {TIER_HEADER}: {tier}",
+                reason_kind="pinned:header",
+                complexity=complexity,
+            )
+    for rule in policy.routing.rules:
+        if _matches(rule, complexity, request, headers):
+            return Decision(
+                tier=rule.tier,
+                reason=f"rule {rule.reason}",
+                reason_kind=f"rule:{rule.reason}",
+                complexity=complexity,
+            )
+    threshold = policy.routing.cloud_above
+    cloud = complexity.score > threshold
+    comparison = ">" if cloud else "<="
+    explained = ", ".join(complexity.signals[:3])
+    reason = f"score {complexity.score:.2f} {comparison} {threshold:.2f}"
+    if explained:
+        reason += f": {explained}"
+    if not policy.routing.allow_pinning and (model_tier is not None or header_tier is not None):
+        reason += " (pinning disabled by policy)"
+    return Decision(
+        tier="cloud" if cloud else "edge",
+        reason=reason,
+        reason_kind="score",
+        complexity=complexity,
+    )
+
+
+def _model_pin(policy: Policy, model: str) -> tuple[str | None, Tier | None]:
+    """(served model, tier) that ``model`` pins; (None, None) for ``auto``."""
+    if model == AUTO_MODEL:
+        return None, None
+    if model == "edge":
+        return None, "edge"
+    if model == "cloud":
+        return None, "cloud"
+    served = policy.served_models()
+    if model in served:
+        return model, served[model]
+    raise ModelNotFound(
+        f"The model {model!r} does not exist. Use auto, edge, cloud or one of: "
+        + ", ".join(sorted(served)),
+        param="model",
+    )
+
+
+def _matches(
+    rule: Rule, complexity: Complexity, request: RoutingRequest, headers: Mapping[str, str]
+) -> bool:
+    if rule.prompt_tokens_over is not None and complexity.prompt_tokens <= rule.prompt_tokens_over:
+        return False
+    if rule.max_tokens_over is not None and (request.max_tokens or 0) <= rule.max_tokens_over:
+        return False
+    if rule.messages_over is not None and len(request.messages) <= rule.messages_over:
+        return False
+    return all(headers.get(name) == value for name, value in rule.headers)

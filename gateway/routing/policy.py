@@ -1,0 +1,425 @@
+"""The routing policy: frozen values parsed from the operator's YAML file.
+
+Validation is strict (unknown keys are errors, since a typo would otherwise silently fall
+back to a default) and every error names the key path and its line in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TypeVar, cast, get_args
+
+from gateway.errors import FailureKind
+from gateway.protocol import TIERS, Tier
+from gateway.routing.classifier import ClassifierKind
+from gateway.routing.yaml_lines import LocatedDocument, YAMLSyntaxError, load_located
+
+POLICY_VERSION: Final = 1
+FAILURE_KINDS: Final[tuple[str, ...]] = get_args(FailureKind)
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; names the file, key and line."""
+
+    def __init__(self, message: str, *, key: str, line: int | None, source: str) -> None:
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {key or '<document>'}: {message}")
+        self.key = key
+        self.line = line
+        self.source = source
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    url: str
+    model: str
+    name: str
+    max_concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TierSpec:
+    name: Tier
+    context_window: int
+    nodes: tuple[NodeSpec, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """``when`` conditions are ANDed; the first rule whose conditions all hold wins."""
+
+    tier: Tier
+    reason: str
+    prompt_tokens_over: int | None = None
+    max_tokens_over: int | None = None
+    messages_over: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClassifierSpec:
+    kind: ClassifierKind = "learned"
+    model_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingSpec:
+    cloud_above: float = 0.55
+    rules: tuple[Rule, ...] = ()
+    allow_pinning: bool = True
+    classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    connect_s: float = 2.0
+    first_token_s: float = 10.0
+    idle_s: float = 15.0
+    total_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackSpec:
+    on: frozenset[FailureKind] = frozenset(cast(tuple[FailureKind, ...], FAILURE_KINDS))
+    cross_tier: bool = True
+    max_attempts: int = 4
+    retry_after_s: int = 2
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthSpec:
+    interval_s: float = 5.0
+    timeout_s: float = 2.0
+    failure_threshold: int = 3
+    open_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionsSpec:
+    ttl_s: int = 86400
+    max_turns: int = 200
+    id_from_user: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policy:
+    version: int
+    tiers: Mapping[Tier, TierSpec]
+    routing: RoutingSpec = field(default_factory=RoutingSpec)
+    fallback: FallbackSpec = field(default_factory=FallbackSpec)
+    health: HealthSpec = field(default_factory=HealthSpec)
+    sessions: SessionsSpec = field(default_factory=SessionsSpec)
+    max_body_bytes: int = 1 << 20
+    source: str = "<memory>"
+
+    def served_models(self) -> dict[str, Tier]:
+        """Each node's served model name and the tier that serves it."""
+        return {node.model: tier.name for tier in self.tiers.values() for node in tier.nodes}
+
+    def with_nodes(self, tier: Tier, nodes: Sequence[NodeSpec]) -> Policy:
+        """A copy whose ``tier`` serves ``nodes`` (the GATEWAY_*_URLS overrides)."""
+        tiers = dict(self.tiers)
+        tiers[tier] = dataclasses.replace(tiers[tier], nodes=tuple(nodes))
+        return dataclasses.replace(self, tiers=tiers)
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Walks the located document, type-checking values and rejecting unknown keys."""
+
+    def __init__(self, doc: LocatedDocument, source: str) -> None:
+        self.doc = doc
+        self.source = source
+
+    def fail(self, path: str, message: str) -> PolicyError:
+        return PolicyError(message, key=path, line=self.doc.line_of(path), source=self.source)
+
+    def mapping(self, value: object, path: str, allowed: Sequence[str]) -> Mapping[str, object]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a mapping, got {_kind(value)}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(
+                    _join(path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})"
+                )
+        return cast(Mapping[str, object], value)
+
+    def number(
+        self,
+        m: Mapping[str, object],
+        path: str,
+        key: str,
+        default: float,
+        *,
+        low: float = 0.0,
+        high: float = float("inf"),
+        integer: bool = False,
+    ) -> float:
+        value = m.get(key, default)
+        where = _join(path, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(where, f"must be a number, got {_kind(value)}")
+        if integer and not isinstance(value, int):
+            raise self.fail(where, f"must be an integer, got {value!r}")
+        if not low <= value <= high:
+            raise self.fail(where, f"must be between {low:g} and {high:g}, got {value!r}")
+        return value
+
+    def integer(
+        self,
+        m: Mapping[str, object],
+        path: str,
+        key: str,
+        default: int,
+        *,
+        low: int = 1,
+        high: float = float("inf"),
+    ) -> int:
+        return int(self.number(m, path, key, default, low=low, high=high, integer=True))
+
+    def boolean(self, m: Mapping[str, object], path: str, key: str, default: bool) -> bool:
+        value = m.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(_join(path, key), f"must be true or false, got {_kind(value)}")
+        return value
+
+    def string(
+        self, m: Mapping[str, object], path: str, key: str, default: str | None = None
+    ) -> str:
+        value = m.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(_join(path, key), f"must be a non-empty string, got {_kind(value)}")
+        return value
+
+    def choice(
+        self,
+        m: Mapping[str, object],
+        path: str,
+        key: str,
+        options: Sequence[T],
+        default: T | None = None,
+    ) -> T:
+        value = m.get(key, default)
+        if value not in options:
+            allowed = ", ".join(str(o) for o in options)
+            raise self.fail(_join(path, key), f"must be one of {allowed}, got {value!r}")
+        return cast(T, value)
+
+    def listing(self, m: Mapping[str, object], path: str, key: str) -> list[object]:
+        value = m.get(key, [])
+        if not isinstance(value, list):
+            raise self.fail(_join(path, key), f"must be a list, got {_kind(value)}")
+        return value
+
+
+def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
+    """Parse and validate policy YAML; raises :class:`PolicyError`."""
+    try:
+        doc = load_located(text)
+    except YAMLSyntaxError as exc:
+        raise PolicyError(f"invalid YAML: {exc}", key="", line=exc.line, source=source) from exc
+    r = _Reader(doc, source)
+    top = r.mapping(
+        doc.data, "", ("version", "tiers", "routing", "fallback", "health", "sessions", "limits")
+    )
+    if "version" not in top:
+        raise r.fail("version", f"missing (this gateway reads version {POLICY_VERSION})")
+    if top["version"] != POLICY_VERSION:
+        raise r.fail(
+            "version", f"unsupported version {top['version']!r}; expected {POLICY_VERSION}"
+        )
+    if "tiers" not in top:
+        raise r.fail("tiers", "missing: define tiers.edge and tiers.cloud")
+    tiers_map = r.mapping(top["tiers"], "tiers", TIERS)
+    tiers = {name: _tier(r, tiers_map.get(name, {}), f"tiers.{name}", name) for name in TIERS}
+    limits = r.mapping(top.get("limits", {}), "limits", ("max_body_bytes",))
+    return Policy(
+        version=POLICY_VERSION,
+        tiers=tiers,
+        routing=_routing(r, top.get("routing", {})),
+        fallback=_fallback(r, top.get("fallback", {})),
+        health=_health(r, top.get("health", {})),
+        sessions=_sessions(r, top.get("sessions", {})),
+        max_body_bytes=r.integer(limits, "limits", "max_body_bytes", 1 << 20, low=1024),
+        source=source,
+    )
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file (blocking: call it in a thread on a running server)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot read: {exc.strerror}", key="", line=None, source=str(path)
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError("not UTF-8 text", key="", line=None, source=str(path)) from exc
+    policy = parse_policy(text, source=str(path))
+    spec = policy.routing.classifier
+    if spec.model_path is not None and not spec.model_path.is_absolute():
+        # A relative model path is relative to the policy file, not to the working directory.
+        resolved = dataclasses.replace(spec, model_path=path.parent / spec.model_path)
+        policy = dataclasses.replace(
+            policy, routing=dataclasses.replace(policy.routing, classifier=resolved)
+        )
+    return policy
+
+
+def _tier(r: _Reader, value: object, path: str, name: Tier) -> TierSpec:
+    m = r.mapping(value, path, ("context_window", "nodes", "max_concurrency_per_node"))
+    per_node = r.integer(m, path, "max_concurrency_per_node", 16)
+    nodes: list[NodeSpec] = []
+    for index, item in enumerate(r.listing(m, path, "nodes")):
+        where = f"{path}.nodes[{index}]"
+        n = r.mapping(item, where, ("url", "model", "name", "max_concurrency"))
+        url = r.string(n, where, "url")
+        if not url.startswith(("http://", "https://")):
+            raise r.fail(f"{where}.url", f"must start with http:// or https://, got {url!r}")
+        url = url.rstrip("/")
+        nodes.append(
+            NodeSpec(
+                url=url,
+                model=r.string(n, where, "model"),
+                name=r.string(n, where, "name", _default_node_name(name, url)),
+                max_concurrency=r.integer(n, where, "max_concurrency", per_node),
+            )
+        )
+    names = [node.name for node in nodes]
+    for index, node_name in enumerate(names):
+        if names.index(node_name) != index:
+            raise r.fail(f"{path}.nodes[{index}].name", f"duplicate node name {node_name!r}")
+    return TierSpec(
+        name=name,
+        context_window=r.integer(
+            m, path, "context_window", 2048 if name == "edge" else 8192, low=256
+        ),
+        nodes=tuple(nodes),
+    )
+
+
+def _routing(r: _Reader, value: object) -> RoutingSpec:
+    path = "routing"
+    m = r.mapping(value, path, ("cloud_above", "rules", "allow_pinning", "classifier"))
+    rules = tuple(
+        _rule(r, item, f"{path}.rules[{i}]") for i, item in enumerate(r.listing(m, path, "rules"))
+    )
+    c = r.mapping(m.get("classifier", {}), f"{path}.classifier", ("kind", "model"))
+    kind = r.choice(c, f"{path}.classifier", "kind", get_args(ClassifierKind), "learned")
+    model = c.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise r.fail(f"{path}.classifier.model", "must be a path to a weights file")
+    return RoutingSpec(
+        cloud_above=r.number(m, path, "cloud_above", 0.55, low=0.0, high=1.0),
+        rules=rules,
+        allow_pinning=r.boolean(m, path, "allow_pinning", True),
+        classifier=ClassifierSpec(kind=kind, model_path=Path(model) if model else None),
+    )
+
+
+def _rule(r: _Reader, value: object, path: str) -> Rule:
+    m = r.mapping(value, path, ("when", "tier", "reason"))
+    when = r.mapping(
+        m.get("when", {}),
+        f"{path}.when",
+        ("prompt_tokens_over", "max_tokens_over", "messages_over", "header"),
+    )
+    if not when:
+        raise r.fail(f"{path}.when", "needs at least one condition")
+    header = r.mapping(
+        when.get("header", {}),
+        f"{path}.when.header",
+        tuple(str(k) for k in cast(dict[str, object], when.get("header", {}) or {})),
+    )
+    for key, wanted in header.items():
+        if not isinstance(wanted, str | int | float) or isinstance(wanted, bool):
+            raise r.fail(f"{path}.when.header.{key}", "must be a string value")
+
+    def optional_int(key: str) -> int | None:
+        return r.integer(when, f"{path}.when", key, 0, low=0) if key in when else None
+
+    return Rule(
+        tier=r.choice(m, path, "tier", TIERS),
+        reason=r.string(m, path, "reason"),
+        prompt_tokens_over=optional_int("prompt_tokens_over"),
+        max_tokens_over=optional_int("max_tokens_over"),
+        messages_over=optional_int("messages_over"),
+        headers=tuple((str(k).lower(), str(v)) for k, v in header.items()),
+    )
+
+
+def _fallback(r: _Reader, value: object) -> FallbackSpec:
+    path = "fallback"
+    m = r.mapping(value, path, ("on", "cross_tier", "max_attempts", "retry_after_s", "timeouts_s"))
+    on: set[FailureKind] = set()
+    for index, item in enumerate(r.listing(m, path, "on") if "on" in m else FAILURE_KINDS):
+        if item not in FAILURE_KINDS:
+            raise r.fail(
+                f"{path}.on[{index}]", f"must be one of {', '.join(FAILURE_KINDS)}, got {item!r}"
+            )
+        on.add(cast(FailureKind, item))
+    t = r.mapping(
+        m.get("timeouts_s", {}), f"{path}.timeouts_s", ("connect", "first_token", "idle", "total")
+    )
+    tp = f"{path}.timeouts_s"
+    timeouts = Timeouts(
+        connect_s=r.number(t, tp, "connect", 2.0, low=0.01),
+        first_token_s=r.number(t, tp, "first_token", 10.0, low=0.01),
+        idle_s=r.number(t, tp, "idle", 15.0, low=0.01),
+        total_s=r.number(t, tp, "total", 300.0, low=0.01),
+    )
+    return FallbackSpec(
+        on=frozenset(on),
+        cross_tier=r.boolean(m, path, "cross_tier", True),
+        max_attempts=r.integer(m, path, "max_attempts", 4, high=20),
+        retry_after_s=r.integer(m, path, "retry_after_s", 2, high=3600),
+        timeouts=timeouts,
+    )
+
+
+def _health(r: _Reader, value: object) -> HealthSpec:
+    path = "health"
+    m = r.mapping(value, path, ("interval_s", "timeout_s", "failure_threshold", "open_s"))
+    return HealthSpec(
+        interval_s=r.number(m, path, "interval_s", 5.0, low=0.05),
+        timeout_s=r.number(m, path, "timeout_s", 2.0, low=0.01),
+        failure_threshold=r.integer(m, path, "failure_threshold", 3, high=1000),
+        open_s=r.number(m, path, "open_s", 10.0, low=0.01),
+    )
+
+
+def _sessions(r: _Reader, value: object) -> SessionsSpec:
+    path = "sessions"
+    m = r.mapping(value, path, ("ttl_s", "max_turns", "id_from_user"))
+    return SessionsSpec(
+        ttl_s=r.integer(m, path, "ttl_s", 86400),
+        max_turns=r.integer(m, path, "max_turns", 200, high=100_000),
+        id_from_user=r.boolean(m, path, "id_from_user", False),
+    )
+
+
+def _default_node_name(tier: Tier, url: str) -> str:
+    host = url.split("://", 1)[-1]
+    return f"{tier}@{host}"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"boolean {value}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,79 @@
+"""Process settings from the environment. The only module that reads ``os.environ``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.protocol import Tier
+from gateway.routing.policy import NodeSpec
+
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the gateway cannot use."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    policy_path: Path = DEFAULT_POLICY
+    host: str = "127.0.0.1"
+    port: int = 8080
+    edge_nodes: tuple[NodeSpec, ...] | None = None
+    """GATEWAY_EDGE_URLS: replaces the policy's edge node list when set."""
+    cloud_nodes: tuple[NodeSpec, ...] | None = None
+    redis_url: str | None = None
+    api_keys: frozenset[str] = frozenset()
+    """GATEWAY_API_KEYS: when set, clients must send one as a Bearer token."""
+    policy_poll_s: float = 1.0
+    log_level: str = "INFO"
+
+    def node_overrides(self) -> dict[Tier, tuple[NodeSpec, ...]]:
+        overrides: dict[Tier, tuple[NodeSpec, ...]] = {}
+        if self.edge_nodes is not None:
+            overrides["edge"] = self.edge_nodes
+        if self.cloud_nodes is not None:
+            overrides["cloud"] = self.cloud_nodes
+        return overrides
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Read GATEWAY_* and REDIS_URL; raises :class:`SettingsError` naming the variable."""
+    env = os.environ if env is None else env
+    port_text = env.get("GATEWAY_PORT", "8080")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise SettingsError(f"GATEWAY_PORT must be an integer, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"GATEWAY_PORT must be between 0 and 65535, got {port}")
+    keys = frozenset(k.strip() for k in env.get("GATEWAY_API_KEYS", "").split(",") if k.strip())
+    return Settings(
+        policy_path=Path(env.get("GATEWAY_POLICY") or DEFAULT_POLICY),
+        host=env.get("GATEWAY_HOST", "127.0.0.1"),
+        port=port,
+        edge_nodes=parse_node_urls("GATEWAY_EDGE_URLS", "edge", env.get("GATEWAY_EDGE_URLS")),
+        cloud_nodes=parse_node_urls("GATEWAY_CLOUD_URLS", "cloud", env.get("GATEWAY_CLOUD_URLS")),
+        redis_url=env.get("REDIS_URL") or None,
+        api_keys=keys,
+        log_level=env.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
+    )
+
+
+def parse_node_urls(variable: str, tier: Tier, value: str | None) -> tuple[NodeSpec, ...] | None:
+    """``url=model,url=model`` into node specs named ``<tier>-1``, ``<tier>-2``..."""
+    if value is None or not value.strip():
+        return None
+    nodes: list[NodeSpec] = []
+    for index, item in enumerate(part.strip() for part in value.split(",") if part.strip()):
+        url, sep, model = item.partition("=")
+        url, model = url.strip().rstrip("/"), model.strip()
+        if not sep or not model:
+            raise SettingsError(f"{variable}: {item!r} must be url=model")
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{variable}: {url!r} must start with http:// or https://")
+        nodes.append(NodeSpec(url=url, model=model, name=f"{tier}-{index + 1}"))
+    return tuple(nodes)

@@ -1,0 +1,27 @@
+"""Typed application state: everything a handler needs, under one ``web.AppKey``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from gateway.metrics import GatewayMetrics
+from gateway.routing.state import PolicyHolder
+from gateway.settings import Settings
+from gateway.upstream.forward import Forwarder
+from gateway.upstream.pool import NodePool
+
+
+@dataclass(slots=True, kw_only=True)
+class GatewayState:
+    settings: Settings
+    policies: PolicyHolder
+    pool: NodePool
+    metrics: GatewayMetrics
+    forwarder: Forwarder
+    session: aiohttp.ClientSession
+
+
+STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)

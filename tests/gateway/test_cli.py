@@ -1,0 +1,107 @@
+"""The command line: check-policy, and serve with the environment overrides."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.scripted import unused_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_check_policy_accepts_the_shipped_policy() -> None:
+    result = run_cli("check-policy", "policies/default.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: policies/default.yaml (version 1")
+
+
+def test_check_policy_rejects_with_key_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ntiers:\n  edge:\n    context_window: lots\n")
+    result = run_cli("check-policy", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:4: tiers.edge.context_window: must be a number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_exits_2() -> None:
+    result = run_cli("frobnicate")
+    assert result.returncode == 2
+    assert "unknown command" in result.stderr
+
+
+def test_serve_refuses_an_invalid_policy_at_start_up(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 7\n")
+    result = run_cli("serve", env={"GATEWAY_POLICY": str(bad), "GATEWAY_PORT": str(unused_port())})
+    assert result.returncode == 2
+    assert "unsupported version 7" in result.stderr
+
+
+def test_serve_rejects_a_bad_node_list() -> None:
+    result = run_cli("serve", env={"GATEWAY_EDGE_URLS": "http://127.0.0.1:1"})
+    assert result.returncode == 2
+    assert "GATEWAY_EDGE_URLS" in result.stderr and "url=model" in result.stderr
+
+
+async def test_serve_uses_environment_overrides(upstreams) -> None:
+    edge = await upstreams("env-edge-model")
+    port = unused_port()
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_POLICY": str(ROOT / "policies" / "default.yaml"),
+        "GATEWAY_EDGE_URLS": f"{edge.url}=env-edge-model",
+        "GATEWAY_CLOUD_URLS": f"http://127.0.0.1:{unused_port()}=env-cloud-model",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/v1/models") as response:
+                        models = [m["id"] for m in (await response.json())["data"]]
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            assert "env-edge-model" in models and "env-cloud-model" in models
+            assert "smollm2-135m-instruct" not in models  # replaced, not merged
+            async with session.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}]},
+            ) as response:
+                assert response.status == 200
+                assert response.headers["x-gateway-node"] == "edge-1"
+        assert edge.seen[0].body["model"] == "env-edge-model"
+    finally:
+        process.terminate()
+        _, stderr = await process.communicate()
+    assert process.returncode == 0
+    assert b"gateway shutting down" in stderr

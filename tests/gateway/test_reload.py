@@ -1,0 +1,104 @@
+"""Hot reload: a valid file swaps atomically, an invalid one is rejected and the old stays."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.state import STATE
+from tests.conftest import policy_yaml
+
+SIMPLE = [{"role": "user", "content": "hi"}]
+
+
+async def _tier_of(gateway) -> str:
+    async with aiohttp.ClientSession() as session, session.post(
+        gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}
+    ) as response:
+        assert response.status == 200
+        return response.headers["x-gateway-tier"]
+
+
+async def _reloads(gateway) -> dict[str, float]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.url + "/metrics") as response:
+            text = await response.text()
+    return {
+        s.labels["result"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "gateway_policy_reloads_total"
+    }
+
+
+async def _wait_for(predicate, timeout_s: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_file_change_reloads_and_bad_file_keeps_running_policy(
+    upstreams, make_gateway, caplog
+):
+    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+    nodes = ([(edge.url, "edge-model")], [(cloud.url, "cloud-model")])
+    gateway = await make_gateway(policy_yaml(*nodes, cloud_above=0.9), health_checks=False)
+    holder = gateway.app[STATE].policies
+    assert await _tier_of(gateway) == "edge"
+
+    # Everything to the cloud: threshold 0 sends any score above it there.
+    before = holder.current
+    gateway.policy_path.write_text(policy_yaml(*nodes, cloud_above=0.0))
+    await _wait_for(lambda: holder.current is not before)
+    assert await _tier_of(gateway) == "cloud"
+
+    # A broken file: rejected with key and line, the running policy stays.
+    running = holder.current
+    gateway.policy_path.write_text(policy_yaml(*nodes, cloud_above=0.0) + "routing_typo: 1\n")
+    await _wait_for(lambda: holder.last_error is not None)
+    assert holder.current is running
+    assert "routing_typo" in holder.last_error and ":" in holder.last_error
+    assert await _tier_of(gateway) == "cloud"
+    assert "keeping the running policy" in caplog.text
+    assert await _reloads(gateway) == {"success": 1.0, "failure": 1.0}
+
+
+async def test_sighup_reloads(upstreams, make_gateway):
+    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+    nodes = ([(edge.url, "edge-model")], [(cloud.url, "cloud-model")])
+    gateway = await make_gateway(policy_yaml(*nodes, cloud_above=0.9), health_checks=False)
+    holder = gateway.app[STATE].policies
+    # Stop the file watcher from seeing the change first: only SIGHUP may reload here.
+    holder._mtime = None
+    text = policy_yaml(*nodes, cloud_above=0.0)
+    gateway.policy_path.write_text(text)
+    holder._mtime = (gateway.policy_path.stat().st_mtime_ns, gateway.policy_path.stat().st_size)
+    before = holder.current
+    os.kill(os.getpid(), signal.SIGHUP)
+    await _wait_for(lambda: holder.current is not before)
+    assert holder.current.policy.routing.cloud_above == 0.0
+
+
+async def test_reload_keeps_node_state_for_unchanged_nodes(upstreams, make_gateway):
+    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+    gateway = await make_gateway(
+        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
+    )
+    state = gateway.app[STATE]
+    node = state.pool.nodes("edge")[0]
+    node.breaker.record_failure()
+    node.breaker.record_failure()  # open
+    extra = await upstreams("edge-model")
+    gateway.policy_path.write_text(
+        policy_yaml(
+            [(edge.url, "edge-model"), (extra.url, "edge-model")], [(cloud.url, "cloud-model")]
+        )
+    )
+    await _wait_for(lambda: len(state.pool.nodes("edge")) == 2)
+    assert state.pool.nodes("edge")[0] is node
+    assert not node.breaker.available()

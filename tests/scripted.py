@@ -1,0 +1,188 @@
+"""Scripted upstreams: real aiohttp servers on loopback that behave as a test says.
+
+Each one speaks the OpenAI chat-completions format and records every request it saw
+(body, time), so tests can assert both what the client got and what each upstream saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+Behaviour = Literal["ok", "status", "hang", "reset", "cut", "no_done", "malformed"]
+
+
+@dataclass(slots=True, kw_only=True)
+class Script:
+    """What the upstream does with each chat request (the next one in ``queue`` first)."""
+
+    behaviour: Behaviour = "ok"
+    status: int = 200
+    error_code: str | None = None
+    error_message: str = "scripted failure"
+    retry_after: str | None = None
+    first_token_delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    chunks: tuple[str, ...] = ("Hello", " from", " the", " upstream", ".")
+    cut_after: int = 2
+    """For ``cut``: chunks sent before the connection is dropped."""
+
+
+@dataclass(slots=True)
+class Seen:
+    body: dict[str, object]
+    at: float
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class ScriptedUpstream:
+    model: str
+    script: Script = field(default_factory=Script)
+    queue: list[Script] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)
+    health_status: int = 200
+    server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def start(self) -> ScriptedUpstream:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        return self
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+    @property
+    def calls(self) -> int:
+        return len(self.seen)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, status=self.health_status)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.seen.append(Seen(body=body, at=time.monotonic(), headers=dict(request.headers)))
+        script = self.queue.pop(0) if self.queue else self.script
+        if script.behaviour == "hang":
+            await asyncio.sleep(3600)
+        if script.behaviour == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            await asyncio.sleep(0.01)
+            raise web.HTTPInternalServerError()  # never reaches the client: the socket is gone
+        if script.behaviour == "status":
+            headers = {"Retry-After": script.retry_after} if script.retry_after else {}
+            return web.json_response(
+                {
+                    "error": {
+                        "message": script.error_message,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": script.error_code,
+                    }
+                },
+                status=script.status,
+                headers=headers,
+            )
+        await asyncio.sleep(script.first_token_delay_s)
+        if body.get("stream"):
+            return await self._stream(request, body, script)
+        text = "".join(script.chunks)
+        return web.json_response(_completion(self.model, text, body))
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, object], script: Script
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        created = int(time.time())
+        options = body.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage")
+        for index, piece in enumerate(script.chunks):
+            if script.behaviour == "cut" and index == script.cut_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if script.behaviour == "malformed" and index == 1:
+                await response.write(b"data: {not json\n\n")
+            chunk = _chunk(self.model, created, {"content": piece}, None)
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await asyncio.sleep(script.chunk_delay_s)
+        await response.write(
+            b"data: " + json.dumps(_chunk(self.model, created, {}, "stop")).encode() + b"\n\n"
+        )
+        if wants_usage:
+            usage_chunk = {
+                **_chunk(self.model, created, {}, None),
+                "choices": [],
+                "usage": _usage(body, script.chunks),
+            }
+            await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+        if script.behaviour != "no_done":
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _usage(body: dict[str, object], chunks: tuple[str, ...]) -> dict[str, int]:
+    messages = body.get("messages")
+    prompt = 5 * len(messages) if isinstance(messages, list) else 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(chunks),
+        "total_tokens": prompt + len(chunks),
+    }
+
+
+def _completion(model: str, text: str, body: dict[str, object]) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": _usage(body, (text,)),
+    }
+
+
+def _chunk(
+    model: str, created: int, delta: dict[str, str], finish: str | None
+) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def unused_port() -> int:
+    """A loopback port with nothing listening (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
