@@ -14,12 +14,14 @@ from aiohttp import web
 from gateway.http.middlewares import api_key_auth, request_id_and_errors
 from gateway.http.routes import add_routes
 from gateway.metrics import GatewayMetrics
+from gateway.routing.policy import HealthSpec
 from gateway.routing.state import PolicyHolder, RoutingState, load_routing_state
 from gateway.routing.tokens import encoding
 from gateway.settings import Settings
 from gateway.state import STATE, GatewayState
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.health import run_health_checks
+from gateway.upstream.load import run_load_polling
 from gateway.upstream.pool import NodePool
 
 log = logging.getLogger("gateway")
@@ -99,9 +101,22 @@ async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    task = asyncio.create_task(
-        run_health_checks(state.session, state.pool, lambda: state.policies.current.policy.health)
-    )
+
+    def health() -> HealthSpec:
+        return state.policies.current.policy.health
+
+    tasks = [
+        asyncio.create_task(run_health_checks(state.session, state.pool, health)),
+        asyncio.create_task(
+            run_load_polling(
+                state.session,
+                state.pool,
+                lambda: health().load_interval_s,
+                lambda: health().timeout_s,
+            )
+        ),
+    ]
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

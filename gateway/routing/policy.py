@@ -96,6 +96,8 @@ class HealthSpec:
     timeout_s: float = 2.0
     failure_threshold: int = 3
     open_s: float = 10.0
+    load_interval_s: float = 1.0
+    """How often each node's /metrics is read for its load (vLLM queue and KV cache)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,12 +387,15 @@ def _fallback(r: _Reader, value: object) -> FallbackSpec:
 
 def _health(r: _Reader, value: object) -> HealthSpec:
     path = "health"
-    m = r.mapping(value, path, ("interval_s", "timeout_s", "failure_threshold", "open_s"))
+    m = r.mapping(
+        value, path, ("interval_s", "timeout_s", "failure_threshold", "open_s", "load_interval_s")
+    )
     return HealthSpec(
         interval_s=r.number(m, path, "interval_s", 5.0, low=0.05),
         timeout_s=r.number(m, path, "timeout_s", 2.0, low=0.01),
         failure_threshold=r.integer(m, path, "failure_threshold", 3, high=1000),
         open_s=r.number(m, path, "open_s", 10.0, low=0.01),
+        load_interval_s=r.number(m, path, "load_interval_s", 1.0, low=0.05),
     )
 
 

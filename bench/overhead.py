@@ -1,0 +1,245 @@
+"""Gateway overhead: the same fast upstream called directly and through the gateway.
+
+Starts a minimal OpenAI-compatible upstream and the real gateway (`python -m gateway
+serve`) as separate processes on loopback, then measures from this process, in one run:
+non-streaming latency (p50/p99) and throughput, and streaming time to first chunk, at
+concurrency 1 and 16. Prints the figures and the gateway's added latency.
+
+    .venv/bin/python bench/overhead.py [--requests 2000] [--concurrency 1 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bench-model"
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+).encode()
+CHUNKS = [
+    json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+        }
+    )
+    for word in ("Hello", " there", ".")
+] + [
+    json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+    ),
+    json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": MODEL,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        }
+    ),
+]
+STREAM_BODY = b"".join(b"data: " + c.encode() + b"\n\n" for c in CHUNKS) + b"data: [DONE]\n\n"
+REQUEST = {"model": "auto", "messages": [{"role": "user", "content": "Say hello in one word."}]}
+
+
+def serve_upstream(port: int) -> None:
+    """The fast upstream: a canned answer, no model."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.Response(body=COMPLETION, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(STREAM_BODY)
+        await response.write_eof()
+        return response
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", health)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+POLICY = """version: 1
+tiers:
+  edge:
+    max_concurrency_per_node: 256
+    nodes: [{{url: "http://127.0.0.1:{port}", model: "{model}", name: edge-1}}]
+  cloud:
+    nodes: []
+routing:
+  classifier: {{kind: {classifier}}}
+"""
+
+
+@dataclass
+class Result:
+    latencies_s: list[float]
+    wall_s: float
+
+    def pct(self, q: float) -> float:
+        data = sorted(self.latencies_s)
+        return data[min(len(data) - 1, int(q * len(data)))] * 1000
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_s) / self.wall_s
+
+
+async def run_load(url: str, *, stream: bool, concurrency: int, requests: int) -> Result:
+    body = json.dumps({**REQUEST, "stream": stream}).encode()
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    remaining = requests
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                start = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    if stream:
+                        await response.content.readline()  # time to the first chunk
+                        latencies.append(time.perf_counter() - start)
+                        await response.read()
+                    else:
+                        await response.read()
+                        latencies.append(time.perf_counter() - start)
+                    if response.status != 200:
+                        raise RuntimeError(f"status {response.status} from {url}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return Result(latencies, wall)
+
+
+async def wait_ready(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} not ready after {timeout_s} s")
+            await asyncio.sleep(0.1)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    upstream_port, gateway_port = free_port(), free_port()
+    policy = Path(tempfile.mkdtemp()) / "bench-policy.yaml"
+    policy.write_text(POLICY.format(port=upstream_port, model=MODEL, classifier=args.classifier))
+    env = {
+        **os.environ,
+        "GATEWAY_POLICY": str(policy),
+        "GATEWAY_PORT": str(gateway_port),
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        **dict(kv.split("=", 1) for kv in args.env),
+    }
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port)])
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env)
+    try:
+        await wait_ready(f"http://127.0.0.1:{upstream_port}/health")
+        await wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
+        direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+        through = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        print(f"requests per measurement: {args.requests}; classifier: {args.classifier}")
+        header = (
+            f"{'mode':<11}{'conc':>5} | {'direct p50':>10} {'p99':>7} {'rps':>7} | "
+            f"{'gateway p50':>11} {'p99':>7} {'rps':>7} | {'added p50':>9} {'added p99':>9}"
+        )
+        print(header)
+        print("-" * len(header))
+        for stream in (False, True):
+            for concurrency in args.concurrency:
+                # Warm up both paths (connections, caches), then alternate to spread noise.
+                for url in (direct, through):
+                    await run_load(url, stream=stream, concurrency=concurrency, requests=100)
+                d = await run_load(
+                    direct, stream=stream, concurrency=concurrency, requests=args.requests
+                )
+                g = await run_load(
+                    through, stream=stream, concurrency=concurrency, requests=args.requests
+                )
+                mode = "stream TTFC" if stream else "non-stream"
+                print(
+                    f"{mode:<11}{concurrency:>5} | {d.pct(0.5):>8.2f}ms {d.pct(0.99):>5.2f}ms "
+                    f"{d.rps:>7.0f} | {g.pct(0.5):>9.2f}ms {g.pct(0.99):>5.2f}ms {g.rps:>7.0f} | "
+                    f"{g.pct(0.5) - d.pct(0.5):>7.2f}ms {g.pct(0.99) - d.pct(0.99):>7.2f}ms"
+                )
+        print(f"(one run; machine: {os.cpu_count()} cores shared by client, gateway and upstream)")
+    finally:
+        for process in (gateway, upstream):
+            process.send_signal(signal.SIGTERM)
+        for process in (gateway, upstream):
+            process.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--classifier", default="heuristic", choices=["heuristic", "learned"])
+    parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for the gateway")
+    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+        return
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
