@@ -186,8 +186,9 @@ async def main_async(args: argparse.Namespace) -> None:
         "GATEWAY_LOG_LEVEL": "WARNING",
         **dict(kv.split("=", 1) for kv in args.env),
     }
-    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port)])
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env)
+    # Both start in the background while this process waits for them to answer.
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port)])  # noqa: ASYNC220
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env)  # noqa: ASYNC220
     try:
         await wait_ready(f"http://127.0.0.1:{upstream_port}/health")
         await wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")

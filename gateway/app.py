@@ -17,6 +17,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.routing.policy import HealthSpec
 from gateway.routing.state import PolicyHolder, RoutingState, load_routing_state
 from gateway.routing.tokens import encoding
+from gateway.sessions.service import SessionService
+from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
 from gateway.state import STATE, GatewayState
 from gateway.upstream.forward import Forwarder
@@ -38,6 +40,7 @@ async def create_app(settings: Settings, *, health_checks: bool = True) -> web.A
     await asyncio.to_thread(encoding)  # tokenizer load (~0.3 s) off the request path
     app = web.Application(middlewares=[request_id_and_errors, api_key_auth])
     app.cleanup_ctx.append(_gateway_state(settings, initial))
+    app.cleanup_ctx.append(_sessions)
     app.cleanup_ctx.append(_policy_reloads)
     if health_checks:
         app.cleanup_ctx.append(_health_checks)
@@ -74,6 +77,23 @@ def _gateway_state(settings: Settings, initial: RoutingState):  # type: ignore[n
         await session.close()
 
     return context
+
+
+async def _sessions(app: web.Application) -> AsyncIterator[None]:
+    """Session history in Redis and the spool replayer; without REDIS_URL, sessions are off."""
+    state = app[STATE]
+    url = state.settings.redis_url
+    store = SessionStore.from_url(url, cluster=state.settings.redis_cluster) if url else None
+    service = SessionService(
+        store=store, spec=lambda: state.policies.current.policy.sessions, metrics=state.metrics
+    )
+    await service.start()  # Redis down at start-up is not fatal: the replayer keeps trying
+    state.sessions = service
+    replay = asyncio.create_task(service.run_replay())
+    yield
+    replay.cancel()
+    await asyncio.gather(replay, return_exceptions=True)
+    await service.aclose()
 
 
 async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:

@@ -13,10 +13,13 @@
     │   └── UpstreamClientError (the upstream's 4xx, passed on)
     ├── UpstreamError (502 upstream_error)          one attempt failed: may fail over
     │   ├── UpstreamConnectError (502 upstream_connect_error)
+    │   │   └── UpstreamConnectionReset (502 upstream_connection_reset)  may retry the node
     │   ├── UpstreamTimeout (504 upstream_timeout)
     │   ├── UpstreamStatusError (502 upstream_status_<code>)
-    │   ├── UpstreamOverloaded (503 upstream_overloaded)
-    │   └── UpstreamProtocolError (502 upstream_protocol_error)
+    │   ├── UpstreamOverloaded (503 upstream_overloaded, with the node's Retry-After)
+    │   │   └── UpstreamRateLimited (429 upstream_rate_limited)
+    │   ├── UpstreamProtocolError (502 upstream_protocol_error)
+    │   └── UpstreamIncomplete (502 upstream_stream_truncated)   the answer broke off
     └── NoCapacity (503 no_healthy_upstream, with Retry-After)
 """
 
@@ -125,14 +128,39 @@ class UpstreamStatusError(UpstreamError):
         self.upstream_status = upstream_status
 
 
+class UpstreamConnectionReset(UpstreamConnectError):
+    """The connection broke after it was made (reset, closed early): the node may be fine."""
+
+    code = "upstream_connection_reset"
+
+
 class UpstreamOverloaded(UpstreamError):
     status = 503
     code = "upstream_overloaded"
     kind = "overloaded"
 
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        """The node's own ``Retry-After``, in seconds, when it sent one."""
+
+
+class UpstreamRateLimited(UpstreamOverloaded):
+    """429: the node throttles; its Retry-After says when it will take the request."""
+
+    status = 429
+    code = "upstream_rate_limited"
+
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
+    kind = "protocol_error"
+
+
+class UpstreamIncomplete(UpstreamError):
+    """An answer broke off after it began and could not be continued elsewhere."""
+
+    code = "upstream_stream_truncated"
     kind = "protocol_error"
 
 
@@ -163,9 +191,12 @@ __all__ = [
     "Unauthorized",
     "UpstreamClientError",
     "UpstreamConnectError",
+    "UpstreamConnectionReset",
     "UpstreamError",
+    "UpstreamIncomplete",
     "UpstreamOverloaded",
     "UpstreamProtocolError",
+    "UpstreamRateLimited",
     "UpstreamStatusError",
     "UpstreamTimeout",
 ]

@@ -18,6 +18,7 @@ class GatewayMetrics:
     route_decisions: Counter = field(init=False)
     attempts: Counter = field(init=False)
     fallbacks: Counter = field(init=False)
+    continuations: Counter = field(init=False)
     policy_reloads: Counter = field(init=False)
     policy_info: Gauge = field(init=False)
     node_up: Gauge = field(init=False)
@@ -26,6 +27,13 @@ class GatewayMetrics:
     tokens: Counter = field(init=False)
     first_token_s: Histogram = field(init=False)
     duration_s: Histogram = field(init=False)
+    session_store_s: Histogram = field(init=False)
+    session_store_errors: Counter = field(init=False)
+    session_spooled_turns: Counter = field(init=False)
+    session_replayed_turns: Counter = field(init=False)
+    session_dropped_turns: Counter = field(init=False)
+    session_spool_turns: Gauge = field(init=False)
+    session_context_dropped: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -51,6 +59,13 @@ class GatewayMetrics:
             "gateway_fallbacks",
             "Moves to another node or tier after a failed attempt",
             ("from_tier", "to_tier", "reason"),
+            registry=r,
+        )
+        self.continuations = Counter(
+            "gateway_continuations",
+            "Answers that broke mid-stream and were continued on another node, by form "
+            "(prefill or prompt) and result (ok, or rejected when a node refused a prefill)",
+            ("from_tier", "to_tier", "form", "result"),
             registry=r,
         )
         self.policy_reloads = Counter(
@@ -100,6 +115,45 @@ class GatewayMetrics:
             "Whole request duration per tier",
             ("tier",),
             buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.session_store_s = Histogram(
+            "gateway_session_store_seconds",
+            "Duration of successful session store calls (load, append)",
+            ("op",),
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.session_store_errors = Counter(
+            "gateway_session_store_errors",
+            "Session store calls that failed or missed their deadline, by operation",
+            ("op",),
+            registry=r,
+        )
+        self.session_spooled_turns = Counter(
+            "gateway_session_spooled_turns",
+            "Turns queued in the local spool instead of written to Redis",
+            registry=r,
+        )
+        self.session_replayed_turns = Counter(
+            "gateway_session_replayed_turns",
+            "Spooled turns written to Redis by the replayer",
+            registry=r,
+        )
+        self.session_dropped_turns = Counter(
+            "gateway_session_spool_dropped_turns",
+            "Turns given up: the oldest of a full spool, or turns Redis refused (WRONGTYPE)",
+            registry=r,
+        )
+        self.session_spool_turns = Gauge(
+            "gateway_session_spool_turns",
+            "Turns waiting in the local spool",
+            registry=r,
+        )
+        self.session_context_dropped = Counter(
+            "gateway_session_context_dropped_turns",
+            "Oldest turns left out to fit a tier's context window, by the answering tier",
+            ("tier",),
             registry=r,
         )
 

@@ -26,6 +26,9 @@ class Settings:
     """GATEWAY_EDGE_URLS: replaces the policy's edge node list when set."""
     cloud_nodes: tuple[NodeSpec, ...] | None = None
     redis_url: str | None = None
+    """REDIS_URL (redis://, rediss:// for TLS, unix://); unset disables sessions."""
+    redis_cluster: bool = False
+    """REDIS_CLUSTER=1: REDIS_URL names a node of a Redis Cluster (cluster client)."""
     api_keys: frozenset[str] = frozenset()
     """GATEWAY_API_KEYS: when set, clients must send one as a Bearer token."""
     policy_poll_s: float = 1.0
@@ -58,6 +61,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         edge_nodes=parse_node_urls("GATEWAY_EDGE_URLS", "edge", env.get("GATEWAY_EDGE_URLS")),
         cloud_nodes=parse_node_urls("GATEWAY_CLOUD_URLS", "cloud", env.get("GATEWAY_CLOUD_URLS")),
         redis_url=env.get("REDIS_URL") or None,
+        redis_cluster=env.get("REDIS_CLUSTER", "").strip().lower() in {"1", "true", "yes"},
         api_keys=keys,
         log_level=env.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
     )

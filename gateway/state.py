@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.metrics import GatewayMetrics
 from gateway.routing.state import PolicyHolder
+from gateway.sessions.service import SessionService
 from gateway.settings import Settings
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.pool import NodePool
@@ -22,6 +23,8 @@ class GatewayState:
     metrics: GatewayMetrics
     forwarder: Forwarder
     session: aiohttp.ClientSession
+    sessions: SessionService | None = None
+    """Conversation history (set by the sessions cleanup context; disabled without REDIS_URL)."""
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)

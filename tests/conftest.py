@@ -15,7 +15,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from tests.scripted import ScriptedUpstream
 
-pytest_plugins: list[str] = []  # TEMP until fixtures land
+pytest_plugins = ["tests.fixtures.edge", "tests.fixtures.redis", "tests.fixtures.vllm"]
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ Each one speaks the OpenAI chat-completions format and records every request it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import time
@@ -16,8 +17,28 @@ from typing import Literal
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-Behaviour = Literal["ok", "status", "hang", "reset", "cut", "no_done", "malformed"]
+Behaviour = Literal[
+    "ok",
+    "status",
+    "hang",
+    "reset",
+    "cut",
+    "no_done",
+    "malformed",
+    "echo",
+    "stall",
+    "silent_stream",
+    "no_done_hold",
+    "error_event",
+]
+"""``echo`` answers ``[<number of messages received>] <text of the last message>``.
 
+Faults during a stream: ``cut`` drops the connection after ``cut_after`` chunks;
+``stall`` stops sending after ``cut_after`` chunks and keeps the connection open;
+``silent_stream`` sends the headers and an opening role chunk, then nothing;
+``no_done_hold`` sends the finish reason and usage but neither ``[DONE]`` nor the end of
+the body; ``error_event`` sends an in-stream error event after ``cut_after`` chunks and
+ends without ``[DONE]`` (as the edge node does when generation fails)."""
 
 @dataclass(slots=True, kw_only=True)
 class Script:
@@ -32,7 +53,11 @@ class Script:
     chunk_delay_s: float = 0.0
     chunks: tuple[str, ...] = ("Hello", " from", " the", " upstream", ".")
     cut_after: int = 2
-    """For ``cut``: chunks sent before the connection is dropped."""
+    """For ``cut``, ``stall`` and ``error_event``: chunks sent before the fault."""
+    role_chunk: bool = False
+    """Open the stream with a role-only chunk first, as vLLM and llama.cpp do."""
+    reject_prefill: bool = False
+    """Answer 400 to a request with ``continue_final_message`` (a server without prefill)."""
 
 
 @dataclass(slots=True)
@@ -40,6 +65,11 @@ class Seen:
     body: dict[str, object]
     at: float
     headers: dict[str, str]
+    disconnected_at: float | None = None
+    """When the gateway closed the connection while this request was still being served."""
+
+
+SEEN: web.RequestKey[Seen] = web.RequestKey("scripted_seen", Seen)
 
 
 @dataclass(slots=True)
@@ -49,6 +79,8 @@ class ScriptedUpstream:
     queue: list[Script] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     health_status: int = 200
+    metrics_text: str | None = None
+    """Served at /metrics when set (e.g. a vLLM page, for load-aware balancing)."""
     server: TestServer | None = None
 
     @property
@@ -56,12 +88,15 @@ class ScriptedUpstream:
         assert self.server is not None
         return str(self.server.make_url("")).rstrip("/")
 
-    async def start(self) -> ScriptedUpstream:
+    async def start(self, port: int | None = None) -> ScriptedUpstream:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/chat/completions", self._chat_watched)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
-        self.server = TestServer(app, host="127.0.0.1")
+        app.router.add_get("/metrics", self._metrics)
+        # TestServer cancels a handler whose client went away: that is how a disconnect
+        # shows up below, as the CancelledError or ConnectionResetError of the handler.
+        self.server = TestServer(app, host="127.0.0.1", **({"port": port} if port else {}))
         await self.server.start_server()
         return self
 
@@ -76,6 +111,11 @@ class ScriptedUpstream:
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"}, status=self.health_status)
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_text is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=self.metrics_text, content_type="text/plain")
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"object": "list", "data": [{"id": self.model, "object": "model"}]}
@@ -83,8 +123,22 @@ class ScriptedUpstream:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.seen.append(Seen(body=body, at=time.monotonic(), headers=dict(request.headers)))
+        seen = Seen(body=body, at=time.monotonic(), headers=dict(request.headers))
+        self.seen.append(seen)
+        request[SEEN] = seen
         script = self.queue.pop(0) if self.queue else self.script
+        if script.reject_prefill and body.get("continue_final_message"):
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "continue_final_message is not supported",
+                        "type": "invalid_request_error",
+                        "param": "continue_final_message",
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
         if script.behaviour == "hang":
             await asyncio.sleep(3600)
         if script.behaviour == "reset":
@@ -107,6 +161,8 @@ class ScriptedUpstream:
                 headers=headers,
             )
         await asyncio.sleep(script.first_token_delay_s)
+        if script.behaviour == "echo":
+            script = dataclasses.replace(script, chunks=_echo(body))
         if body.get("stream"):
             return await self._stream(request, body, script)
         text = "".join(script.chunks)
@@ -120,10 +176,22 @@ class ScriptedUpstream:
         created = int(time.time())
         options = body.get("stream_options")
         wants_usage = isinstance(options, dict) and options.get("include_usage")
+        if script.role_chunk or script.behaviour == "silent_stream":
+            role = _chunk(self.model, created, {"role": "assistant", "content": ""}, None)
+            await response.write(b"data: " + json.dumps(role).encode() + b"\n\n")
+        if script.behaviour == "silent_stream":
+            await asyncio.sleep(3600)
         for index, piece in enumerate(script.chunks):
             if script.behaviour == "cut" and index == script.cut_after:
                 assert request.transport is not None
                 request.transport.abort()
+                return response
+            if script.behaviour == "stall" and index == script.cut_after:
+                await asyncio.sleep(3600)
+            if script.behaviour == "error_event" and index == script.cut_after:
+                error = {"error": {"message": "generation failed", "type": "server_error"}}
+                await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                await response.write_eof()
                 return response
             if script.behaviour == "malformed" and index == 1:
                 await response.write(b"data: {not json\n\n")
@@ -140,10 +208,30 @@ class ScriptedUpstream:
                 "usage": _usage(body, script.chunks),
             }
             await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+        if script.behaviour == "no_done_hold":
+            await asyncio.sleep(3600)
         if script.behaviour != "no_done":
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _chat_watched(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._chat(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            seen = request.get(SEEN)
+            if seen is not None:
+                seen.disconnected_at = time.monotonic()
+            raise
+
+
+def _echo(body: dict[str, object]) -> tuple[str, ...]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return ("[0]",)
+    last = messages[-1]
+    content = last.get("content") if isinstance(last, dict) else None
+    return (f"[{len(messages)}] ", content if isinstance(content, str) else "")
 
 
 def _usage(body: dict[str, object], chunks: tuple[str, ...]) -> dict[str, int]:

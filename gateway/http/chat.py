@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 
 from aiohttp import web
 
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamTimeout
 from gateway.http.middlewares import REQUEST_ID, REQUEST_ID_HEADER
-from gateway.http.relay import DONE_EVENT, StreamRelay, error_event
+from gateway.http.relay import StreamRelay, error_event
 from gateway.http.validation import parse_chat_request, read_body
-from gateway.protocol import ChatCompletionRequest, StreamOptions, Usage, error_body
+from gateway.protocol import ChatCompletionRequest, StreamOptions, Usage
 from gateway.routing.decide import Decision, RoutingRequest, decide
+from gateway.routing.policy import Policy
+from gateway.sessions.conversation import Conversation
 from gateway.state import STATE, GatewayState
+from gateway.upstream.completion import complete_answer
+from gateway.upstream.continuation import Answer
 from gateway.upstream.forward import AttemptPlan
 from gateway.upstream.pool import Lease
 
@@ -34,6 +39,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request, max_body_bytes=policy.max_body_bytes)
     chat = parse_chat_request(raw)
     headers = {name.lower(): value for name, value in request.headers.items()}
+    conversation = (
+        await state.sessions.open(headers, chat, request_id=request[REQUEST_ID], policy=policy)
+        if state.sessions is not None
+        else None
+    )
+    if conversation is not None:
+        chat = conversation.request_body(chat)  # stored turns in front: routing sees them too
     decision = decide(
         policy,
         routing.classifier,
@@ -50,28 +62,43 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body=chat,
         pinned_model=decision.model,
         headers={"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]},
+        session_key=conversation.session_id if conversation else None,
+        for_tier=conversation.body_for if conversation else None,
     )
     if chat.get("stream"):
-        return await _stream(request, state, decision, plan, started)
-    return await _complete(state, decision, plan, started)
+        return await _stream(request, state, decision, plan, started, conversation)
+    return await _complete(state, decision, plan, started, conversation)
 
 
 async def _complete(
-    state: GatewayState, decision: Decision, plan: AttemptPlan, started: float
+    state: GatewayState,
+    decision: Decision,
+    plan: AttemptPlan,
+    started: float,
+    conversation: Conversation | None = None,
 ) -> web.Response:
     policy = state.policies.current.policy
     try:
-        lease, payload = await state.forwarder.complete(policy, plan)
+        # Simple requests are fetched as streams: deadlines and mid-answer recovery apply.
+        done = await complete_answer(
+            state.forwarder, policy, plan, deadline=_deadline(policy, started)
+        )
     except Exception:
         state.metrics.requests.labels(decision.tier, "error").inc()
         raise
+    lease, payload = done.lease, done.payload
     try:
         tier = lease.node.tier
-        _account(state, tier, _usage_of(payload))
+        for part_tier, usage in done.usage_by_tier:
+            _account(state, part_tier, usage)
         state.metrics.requests.labels(tier, "ok").inc()
         state.metrics.duration_s.labels(tier).observe(time.perf_counter() - started)
+        if conversation is not None:
+            await conversation.record_completion(payload, tier)  # before the client can go on
         return web.Response(
-            body=payload, content_type="application/json", headers=_headers(decision, plan, lease)
+            body=payload,
+            content_type="application/json",
+            headers=_headers(decision, plan, lease, conversation),
         )
     finally:
         lease.release()
@@ -83,6 +110,7 @@ async def _stream(
     decision: Decision,
     plan: AttemptPlan,
     started: float,
+    conversation: Conversation | None = None,
 ) -> web.StreamResponse:
     policy = state.policies.current.policy
     options: StreamOptions = {**(plan.body.get("stream_options") or {})}
@@ -91,70 +119,63 @@ async def _stream(
     body: ChatCompletionRequest = {**plan.body, "stream_options": options}
     plan.body = body
     try:
-        lease, upstream = await state.forwarder.stream(policy, plan)
+        answer = await Answer.open(
+            state.forwarder, policy, plan, deadline=_deadline(policy, started)
+        )
     except Exception:
         state.metrics.requests.labels(decision.tier, "error").inc()
         raise
-    node = lease.node
     outcome = "error"
     try:
-        state.metrics.first_token_s.labels(node.tier).observe(time.perf_counter() - started)
+        assert answer.lease is not None
+        tier = answer.node.tier
+        state.metrics.first_token_s.labels(tier).observe(time.perf_counter() - started)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",
-                **_headers(decision, plan, lease),
+                **_headers(decision, plan, answer.lease, conversation),
             }
         )
         await response.prepare(request)
-        # Once the headers are out the status can't change: failures become in-stream errors.
-        first = relay.process(upstream.first)
-        if first is not None:
-            await response.write(first)
-        try:
-            async for event in upstream.rest:
-                out = relay.process(event)
-                if out is not None:
-                    await response.write(out)
-                if relay.done:
-                    break
-        except UpstreamError as exc:
-            node.breaker.record_failure()
-            log.warning("stream from %s broke after the first byte: %s", node.name, exc.message)
-            await response.write(error_event(exc.body()))
-            outcome = "stream_broken"
+        # Once the headers are out the status can't change: a broken upstream is continued
+        # on another node by the Answer, or ends in an in-stream error (never in [DONE]).
+        while (data := await answer.next()) is not None:
+            out = relay.process(data)
+            if out is not None:
+                await response.write(out)
+        if answer.error is not None:
+            await response.write(error_event(answer.error.body()))
+            timed_out = isinstance(answer.error, UpstreamTimeout)
+            outcome = "stream_timeout" if timed_out else "stream_truncated"
         else:
-            if relay.done or relay.complete:
-                if not relay.done:
-                    await response.write(DONE_EVENT)  # the upstream forgot it; the answer is whole
-                outcome = "ok"
-            else:
-                await response.write(
-                    error_event(
-                        error_body(
-                            f"The {node.tier} node ended the stream before the answer "
-                            "was complete.",
-                            type="server_error",
-                            code="upstream_stream_truncated",
-                        )
-                    )
-                )
-                outcome = "stream_truncated"
+            outcome = "ok"
+        if conversation is not None and outcome == "ok":
+            await conversation.record_stream("".join(relay.text), answer.node.tier, answer.model)
         await response.write_eof()
         return response
-    except ConnectionResetError:
-        outcome = "client_disconnected"
+    except (ConnectionResetError, asyncio.CancelledError):
+        outcome = "client_disconnected"  # the handler's cancellation closes the upstream
         raise
     finally:
-        upstream.close()
-        lease.release()
-        _account(state, node.tier, relay.usage)
-        state.metrics.requests.labels(node.tier, outcome).inc()
-        state.metrics.duration_s.labels(node.tier).observe(time.perf_counter() - started)
+        answer.close()
+        if outcome == "ok":  # a failed answer is not a completion, in requests or in tokens
+            for part_tier, usage in answer.usage_by_tier():
+                _account(state, part_tier, usage)
+        state.metrics.requests.labels(answer.node.tier, outcome).inc()
+        state.metrics.duration_s.labels(answer.node.tier).observe(time.perf_counter() - started)
 
 
-def _headers(decision: Decision, plan: AttemptPlan, lease: Lease) -> dict[str, str]:
+def _deadline(policy: Policy, started: float) -> float:
+    """The request's end in event-loop time: the total deadline counts from its arrival."""
+    elapsed = time.perf_counter() - started
+    return asyncio.get_running_loop().time() + policy.fallback.timeouts.total_s - elapsed
+
+
+def _headers(
+    decision: Decision, plan: AttemptPlan, lease: Lease, conversation: Conversation | None = None
+) -> dict[str, str]:
     node = lease.node
     headers = {
         TIER_HEADER: node.tier,
@@ -164,6 +185,8 @@ def _headers(decision: Decision, plan: AttemptPlan, lease: Lease) -> dict[str, s
     }
     if plan.failures:
         headers[FALLBACK_HEADER] = ", ".join(f"{f.node}:{f.reason}" for f in plan.failures)
+    if conversation is not None:
+        headers.update(conversation.response_headers(node.tier))
     return headers
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.http.chat import chat_completions
+from gateway.http.sessions_api import add_session_routes
 from gateway.protocol import ModelCard, ModelList
 from gateway.state import STATE
 from gateway.upstream.circuit import CircuitState
@@ -71,3 +72,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_session_routes(app)

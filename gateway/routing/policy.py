@@ -82,11 +82,35 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ContinuationSpec:
+    """Mid-stream recovery: finish a broken answer on another node from its partial text."""
+
+    enabled: bool = True
+    prefill_tiers: frozenset[Tier] = frozenset({"cloud"})
+    """Tiers whose servers continue a final assistant message (vLLM's
+    ``continue_final_message``); elsewhere the gateway asks in a user message."""
+    max_continuations: int = 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FallbackSpec:
     on: frozenset[FailureKind] = frozenset(cast(tuple[FailureKind, ...], FAILURE_KINDS))
     cross_tier: bool = True
     max_attempts: int = 4
+    """All upstream attempts of one request: same-node retries and failovers together."""
     retry_after_s: int = 2
+    max_retry_wait_s: float = 5.0
+    """Longest wait the gateway spends on one retry (a 429's Retry-After, a backoff)."""
+    same_node_retries: int = 1
+    """Retries of the same node after a 5xx or a connection reset before failing over."""
+    rate_limited_retries: int = 2
+    """Retries of the same node after a 429 before failing over."""
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 2.0
+    stream_internally: bool = True
+    """Fetch non-streaming (n=1) answers as streams, so every deadline and mid-answer
+    recovery applies to them too; the gateway assembles the chat.completion."""
+    continuation: ContinuationSpec = field(default_factory=ContinuationSpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -105,6 +129,16 @@ class SessionsSpec:
     ttl_s: int = 86400
     max_turns: int = 200
     id_from_user: bool = False
+    redis_timeout_s: float = 0.25
+    """Deadline of every Redis call; past it the request goes on without the store."""
+    spool_max_turns: int = 10_000
+    """Turns kept in memory (per replica) while Redis is down; the oldest go beyond that."""
+    completion_reserve_tokens: int = 512
+    """Completion budget for context fitting when a request sets no max_tokens."""
+    safety_margin: float = 0.1
+    """Share of a tier's context window left unused (tiktoken is not the model's tokenizer)."""
+    per_message_tokens: int = 4
+    """Tokens counted per message for role markers, on top of its text."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,7 +392,23 @@ def _rule(r: _Reader, value: object, path: str) -> Rule:
 
 def _fallback(r: _Reader, value: object) -> FallbackSpec:
     path = "fallback"
-    m = r.mapping(value, path, ("on", "cross_tier", "max_attempts", "retry_after_s", "timeouts_s"))
+    m = r.mapping(
+        value,
+        path,
+        (
+            "on",
+            "cross_tier",
+            "max_attempts",
+            "retry_after_s",
+            "max_retry_wait_s",
+            "same_node_retries",
+            "rate_limited_retries",
+            "backoff_s",
+            "stream_internally",
+            "continuation",
+            "timeouts_s",
+        ),
+    )
     on: set[FailureKind] = set()
     for index, item in enumerate(r.listing(m, path, "on") if "on" in m else FAILURE_KINDS):
         if item not in FAILURE_KINDS:
@@ -376,11 +426,35 @@ def _fallback(r: _Reader, value: object) -> FallbackSpec:
         idle_s=r.number(t, tp, "idle", 15.0, low=0.01),
         total_s=r.number(t, tp, "total", 300.0, low=0.01),
     )
+    b = r.mapping(m.get("backoff_s", {}), f"{path}.backoff_s", ("base", "max"))
+    backoff_base_s = r.number(b, f"{path}.backoff_s", "base", 0.2, low=0.0, high=60.0)
+    backoff_max_s = r.number(b, f"{path}.backoff_s", "max", 2.0, low=0.0, high=600.0)
+    if backoff_max_s < backoff_base_s:
+        raise r.fail(f"{path}.backoff_s.max", f"must be at least base ({backoff_base_s:g})")
+    cp = f"{path}.continuation"
+    c = r.mapping(m.get("continuation", {}), cp, ("enabled", "prefill_tiers", "max"))
+    prefill: set[Tier] = set()
+    listed = r.listing(c, cp, "prefill_tiers") if "prefill_tiers" in c else ["cloud"]
+    for index, item in enumerate(listed):
+        if item not in TIERS:
+            raise r.fail(f"{cp}.prefill_tiers[{index}]", f"must be edge or cloud, got {item!r}")
+        prefill.add(item)
     return FallbackSpec(
         on=frozenset(on),
         cross_tier=r.boolean(m, path, "cross_tier", True),
         max_attempts=r.integer(m, path, "max_attempts", 4, high=20),
         retry_after_s=r.integer(m, path, "retry_after_s", 2, high=3600),
+        max_retry_wait_s=r.number(m, path, "max_retry_wait_s", 5.0, low=0.0, high=600.0),
+        same_node_retries=r.integer(m, path, "same_node_retries", 1, low=0, high=5),
+        rate_limited_retries=r.integer(m, path, "rate_limited_retries", 2, low=0, high=10),
+        backoff_base_s=backoff_base_s,
+        backoff_max_s=backoff_max_s,
+        stream_internally=r.boolean(m, path, "stream_internally", True),
+        continuation=ContinuationSpec(
+            enabled=r.boolean(c, cp, "enabled", True),
+            prefill_tiers=frozenset(prefill),
+            max_continuations=r.integer(c, cp, "max", 2, low=0, high=10),
+        ),
         timeouts=timeouts,
     )
 
@@ -401,11 +475,31 @@ def _health(r: _Reader, value: object) -> HealthSpec:
 
 def _sessions(r: _Reader, value: object) -> SessionsSpec:
     path = "sessions"
-    m = r.mapping(value, path, ("ttl_s", "max_turns", "id_from_user"))
+    m = r.mapping(
+        value,
+        path,
+        (
+            "ttl_s",
+            "max_turns",
+            "id_from_user",
+            "redis_timeout_s",
+            "spool_max_turns",
+            "completion_reserve_tokens",
+            "safety_margin",
+            "per_message_tokens",
+        ),
+    )
     return SessionsSpec(
         ttl_s=r.integer(m, path, "ttl_s", 86400),
         max_turns=r.integer(m, path, "max_turns", 200, high=100_000),
         id_from_user=r.boolean(m, path, "id_from_user", False),
+        redis_timeout_s=r.number(m, path, "redis_timeout_s", 0.25, low=0.01, high=10.0),
+        spool_max_turns=r.integer(m, path, "spool_max_turns", 10_000, low=0, high=1_000_000),
+        completion_reserve_tokens=r.integer(
+            m, path, "completion_reserve_tokens", 512, high=1_000_000
+        ),
+        safety_margin=r.number(m, path, "safety_margin", 0.1, low=0.0, high=0.5),
+        per_message_tokens=r.integer(m, path, "per_message_tokens", 4, low=0, high=64),
     )
 
 

@@ -1,0 +1,26 @@
+"""Conversation sessions: history in Redis, merged with what clients send, fitted per tier.
+
+Modules: ``keys`` (ids, cluster-safe keys), ``turns`` (stored JSON), ``history`` (the merge
+rule), ``fitting`` (context windows), ``store`` (Redis + Lua), ``spool`` (turns waiting out
+an outage), ``conversation`` (one request's view), ``service`` (all of it together).
+"""
+
+from gateway.sessions.conversation import (
+    CONTEXT_DROPPED_HEADER,
+    SESSION_WARNING_HEADER,
+    Conversation,
+)
+from gateway.sessions.keys import SESSION_HEADER
+from gateway.sessions.service import SessionService, SessionView
+from gateway.sessions.store import SessionStore, StoreUnavailable
+
+__all__ = [
+    "CONTEXT_DROPPED_HEADER",
+    "SESSION_HEADER",
+    "SESSION_WARNING_HEADER",
+    "Conversation",
+    "SessionService",
+    "SessionStore",
+    "SessionView",
+    "StoreUnavailable",
+]

@@ -16,25 +16,33 @@ import aiohttp
 from gateway.errors import (
     UpstreamClientError,
     UpstreamConnectError,
+    UpstreamConnectionReset,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamProtocolError,
+    UpstreamRateLimited,
     UpstreamStatusError,
     UpstreamTimeout,
 )
 from gateway.protocol import ErrorBody, error_body
 from gateway.routing.policy import Timeouts
+from gateway.upstream.chunks import has_output, parse_chunk
 from gateway.upstream.pool import Node
-from gateway.upstream.sse import iter_sse_data
+from gateway.upstream.retry import parse_retry_after
+from gateway.upstream.sse import DONE, iter_sse_data
 
 CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass(slots=True)
 class UpstreamStream:
-    """An open streaming response whose first event has already arrived."""
+    """An open streaming response whose first token has already arrived.
 
-    first: bytes
+    ``head`` holds the events up to and including the first one that carries output
+    (a role-only opening chunk comes before it); ``rest`` yields the others.
+    """
+
+    head: tuple[bytes, ...]
     rest: AsyncIterator[bytes]
     response: aiohttp.ClientResponse
 
@@ -53,7 +61,9 @@ def translate_errors(node: Node, phase: str) -> Iterator[None]:
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamConnectError(f"{where}: cannot connect: {exc.os_error}") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise UpstreamConnectError(f"{where}: connection lost: {exc}") from exc
+        raise UpstreamConnectionReset(f"{where}: connection lost: {exc}") from exc
+    except aiohttp.ClientPayloadError as exc:  # a chunked body cut off mid-way
+        raise UpstreamConnectionReset(f"{where}: connection lost: {exc}") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamProtocolError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
@@ -65,10 +75,17 @@ async def post_chat(
     *,
     headers: Mapping[str, str],
     timeouts: Timeouts,
+    deadline: float | None = None,
 ) -> tuple[int, bytes, aiohttp.ClientResponse]:
-    """Non-streaming call: the whole answer within the total deadline."""
+    """Non-streaming call: the whole answer within the total deadline.
+
+    ``deadline`` (event-loop time) is the request's own end, when it comes sooner.
+    """
+    total_s = timeouts.total_s
+    if deadline is not None:
+        total_s = min(total_s, max(0.0, deadline - asyncio.get_running_loop().time()))
     timeout = aiohttp.ClientTimeout(
-        total=timeouts.total_s, sock_connect=timeouts.connect_s, connect=timeouts.connect_s
+        total=total_s, sock_connect=timeouts.connect_s, connect=timeouts.connect_s
     )
     with translate_errors(node, "request"):
         async with session.post(
@@ -86,15 +103,21 @@ async def open_stream(
     *,
     headers: Mapping[str, str],
     timeouts: Timeouts,
+    deadline: float | None = None,
 ) -> UpstreamStream:
-    """Streaming call: returns once the first event arrived within the first-token deadline."""
+    """Streaming call: returns once the first token arrived within the first-token deadline
+    (and before ``deadline``, event-loop time, when that comes sooner)."""
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=timeouts.connect_s, connect=timeouts.connect_s
     )
+    first_token_at = asyncio.get_running_loop().time() + timeouts.first_token_s
+    if deadline is not None:
+        first_token_at = min(first_token_at, deadline)
     response: aiohttp.ClientResponse | None = None
+    head: list[bytes] = []
     try:
         with translate_errors(node, "first token"):
-            async with asyncio.timeout(timeouts.first_token_s):
+            async with asyncio.timeout_at(first_token_at):
                 response = await session.post(
                     node.spec.url + CHAT_PATH, data=body, headers=headers, timeout=timeout
                 )
@@ -107,10 +130,23 @@ async def open_stream(
                         f"{response.headers.get('Content-Type')!r}"
                     )
                 events = iter_sse_data(response.content, idle_s=timeouts.idle_s)
-                first = await anext(events, None)
-        if first is None:
-            raise UpstreamProtocolError(f"{node.tier} node {node.name}: empty event stream")
-        return UpstreamStream(first=first, rest=_guarded(node, events), response=response)
+                while True:
+                    event = await anext(events, None)
+                    if event is None or event == DONE:
+                        raise UpstreamProtocolError(
+                            f"{node.tier} node {node.name}: the stream ended before the "
+                            "first token"
+                        )
+                    chunk = parse_chunk(event)
+                    if chunk is None:
+                        raise UpstreamProtocolError(
+                            f"{node.tier} node {node.name}: malformed event before the "
+                            "first token"
+                        )
+                    head.append(event)
+                    if has_output(chunk):
+                        break
+        return UpstreamStream(head=tuple(head), rest=_guarded(node, events), response=response)
     except BaseException:
         if response is not None:
             response.close()
@@ -133,8 +169,15 @@ def raise_for_status(node: Node, status: int, payload: bytes, headers: Mapping[s
     where = f"{node.tier} node {node.name}"
     body = _error_body(status, payload)
     message = body["error"]["message"]
-    if status in (429, 503):
-        raise UpstreamOverloaded(f"{where}: overloaded ({status}): {message}")
+    retry_after_s = parse_retry_after(headers.get("Retry-After"))
+    if status == 429:
+        raise UpstreamRateLimited(
+            f"{where}: rate limited (429): {message}", retry_after_s=retry_after_s
+        )
+    if status == 503:
+        raise UpstreamOverloaded(
+            f"{where}: overloaded (503): {message}", retry_after_s=retry_after_s
+        )
     if status >= 500 or status in (404, 408):
         # 404: the node does not serve the model the policy says it does (misconfiguration).
         raise UpstreamStatusError(f"{where}: status {status}: {message}", upstream_status=status)

@@ -1,21 +1,33 @@
 """The attempt loop: try nodes of the chosen tier, then of the other tier, before the
-client has seen a byte. Which failures move on is the policy's ``fallback.on``."""
+client has seen a byte. Which failures move on is the policy's ``fallback.on``; whether
+a failed node is first retried (and after how long) is :mod:`gateway.upstream.retry`'s."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
 
-from gateway.errors import NoCapacity, UpstreamClientError, UpstreamError
+from gateway.errors import (
+    NoCapacity,
+    UpstreamClientError,
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, Tier
 from gateway.routing.policy import Policy
 from gateway.upstream import client
+from gateway.upstream.circuit import CircuitState
 from gateway.upstream.pool import Lease, Node, NodePool
+from gateway.upstream.retry import Jitter, same_node_delay
 
 T = TypeVar("T")
 
@@ -43,10 +55,13 @@ class AttemptPlan:
     session_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    for_tier: Callable[[Tier, ChatCompletionRequest], ChatCompletionRequest] | None = None
+    """Rewrites the body for the tier of the node about to be tried (session context
+    fitting: each tier has its own window, so a fallback gets a body of its own)."""
 
     def encode_for(self, node: Node) -> bytes:
         """The client's body, unknown fields untouched, asking for the node's own model."""
-        body = dict(self.body)
+        body = dict(self.body if self.for_tier is None else self.for_tier(node.tier, self.body))
         body["model"] = node.spec.model
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -58,70 +73,132 @@ class Forwarder:
         self.pool = pool
         self.session = session
         self.metrics = metrics
+        self.prefill_rejected: set[str] = set()
+        """Nodes that answered a prefill continuation with a 4xx: asked in words next time."""
+        self.jitter: Jitter | None = None
+        """Replaces the random backoff jitter (tests make it deterministic)."""
 
-    async def complete(self, policy: Policy, plan: AttemptPlan) -> tuple[Lease, bytes]:
-        """Non-streaming answer from the first node that gives one."""
+    async def complete(
+        self, policy: Policy, plan: AttemptPlan, *, deadline: float | None = None
+    ) -> tuple[Lease, bytes]:
+        """Non-streaming answer from the first node that gives one, before ``deadline``
+        (event-loop time; default: the policy's total deadline from now)."""
         timeouts = policy.fallback.timeouts
 
         async def call(node: Node, body: bytes) -> bytes:
             _, payload, _ = await client.post_chat(
-                self.session, node, body, headers=plan.headers, timeouts=timeouts
+                self.session, node, body, headers=plan.headers, timeouts=timeouts, deadline=deadline
             )
             return payload
 
-        return await self._attempts(policy, plan, call)
+        return await self._attempts(policy, plan, call, deadline=deadline)
 
     async def stream(
-        self, policy: Policy, plan: AttemptPlan
+        self,
+        policy: Policy,
+        plan: AttemptPlan,
+        *,
+        deadline: float | None = None,
+        exclude: frozenset[str] = frozenset(),
+        body_for: Callable[[Node], bytes] | None = None,
     ) -> tuple[Lease, client.UpstreamStream]:
-        """An upstream stream whose first event has arrived, from the first node that gives one."""
+        """An upstream stream whose first token has arrived, from the first node that gives
+        one. ``exclude`` names nodes not to ask; ``body_for`` replaces ``plan.encode_for``
+        (a continuation's body depends on what the node can do)."""
         timeouts = policy.fallback.timeouts
 
         async def call(node: Node, body: bytes) -> client.UpstreamStream:
             return await client.open_stream(
-                self.session, node, body, headers=plan.headers, timeouts=timeouts
+                self.session, node, body, headers=plan.headers, timeouts=timeouts, deadline=deadline
             )
 
-        return await self._attempts(policy, plan, call)
+        return await self._attempts(
+            policy, plan, call, deadline=deadline, exclude=exclude, body_for=body_for
+        )
 
     async def _attempts(
-        self, policy: Policy, plan: AttemptPlan, call: Callable[[Node, bytes], Awaitable[T]]
+        self,
+        policy: Policy,
+        plan: AttemptPlan,
+        call: Callable[[Node, bytes], Awaitable[T]],
+        *,
+        deadline: float | None = None,
+        exclude: frozenset[str] = frozenset(),
+        body_for: Callable[[Node], bytes] | None = None,
     ) -> tuple[Lease, T]:
+        spec = policy.fallback
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + spec.timeouts.total_s
+        encode = body_for or plan.encode_for
         tiers: list[Tier] = [plan.tier]
         # A pinned served model lives on one tier only; a tier pin or a routed request may move.
-        if policy.fallback.cross_tier and plan.pinned_model is None:
+        if spec.cross_tier and plan.pinned_model is None:
             tiers.append(other_tier(plan.tier))
-        tried: set[str] = set()
+        tried: set[str] = set(exclude)
+        retries: dict[str, int] = {}
         attempts = 0
         last_error: Exception | None = None
         tier_index = 0
-        while tier_index < len(tiers) and attempts < policy.fallback.max_attempts:
-            tier = tiers[tier_index]
-            lease = self.pool.acquire(
-                tier,
-                model=plan.pinned_model,
-                exclude=frozenset(tried),
-                session_key=plan.session_key,
-            )
-            if lease is None:
-                tier_index += 1
-                continue
+        again: Lease | None = None  # a node to retry, its slot still held
+        while attempts < spec.max_attempts and loop.time() < deadline:
+            if again is not None:
+                lease, again = again, None
+            else:
+                if tier_index >= len(tiers):
+                    break
+                acquired = self.pool.acquire(
+                    tiers[tier_index],
+                    model=plan.pinned_model,
+                    exclude=frozenset(tried),
+                    session_key=plan.session_key,
+                )
+                if acquired is None:
+                    tier_index += 1
+                    continue
+                lease = acquired
+                if plan.failures:
+                    last = plan.failures[-1]
+                    self.metrics.fallbacks.labels(last.tier, lease.node.tier, last.reason).inc()
             node = lease.node
-            if plan.failures:
-                last = plan.failures[-1]
-                self.metrics.fallbacks.labels(last.tier, tier, last.reason).inc()
+            tier = node.tier
             attempts += 1
             try:
-                result = await call(node, plan.encode_for(node))
+                result = await call(node, encode(node))
             except UpstreamError as exc:
-                lease.release()
-                node.breaker.record_failure()
+                if isinstance(exc, UpstreamRateLimited):
+                    # Throttling is not a fault: the node answered, it wants us to slow down.
+                    node.breaker.release_probe()
+                else:
+                    node.breaker.record_failure()
                 self.metrics.attempts.labels(tier, node.name, exc.kind).inc()
-                tried.add(node.name)
                 plan.failures.append(Failure(tier=tier, node=node.name, reason=exc.kind))
                 last_error = exc
-                if exc.kind not in policy.fallback.on:
+                if exc.kind not in spec.on:
+                    lease.release()
                     raise
+                delay = same_node_delay(
+                    exc,
+                    retries_done=retries.get(node.name, 0),
+                    spec=spec,
+                    remaining_s=deadline - loop.time(),
+                    jitter=self.jitter,
+                )
+                if (
+                    delay is not None
+                    and attempts < spec.max_attempts
+                    and node.breaker.state is CircuitState.CLOSED
+                ):
+                    retries[node.name] = retries.get(node.name, 0) + 1
+                    try:
+                        await asyncio.sleep(delay)
+                    except BaseException:
+                        lease.release()
+                        raise
+                    again = lease
+                    continue
+                lease.release()
+                tried.add(node.name)
                 continue
             except UpstreamClientError as exc:
                 lease.release()
@@ -152,7 +229,16 @@ class Forwarder:
         if isinstance(last_error, UpstreamClientError):
             raise last_error
         detail = "; ".join(f"{f.node}: {f.reason}" for f in plan.failures) or "no node available"
+        if loop.time() >= deadline:
+            raise UpstreamTimeout(
+                f"The request's total deadline ({spec.timeouts.total_s:g} s) passed "
+                f"before any upstream answered ({detail})."
+            ) from last_error
+        retry_after_s = spec.retry_after_s
+        if isinstance(last_error, UpstreamOverloaded) and last_error.retry_after_s is not None:
+            # The node said when it takes requests again; pass that on when it is later.
+            retry_after_s = max(retry_after_s, math.ceil(last_error.retry_after_s))
         raise NoCapacity(
             f"No upstream could serve the request ({detail}). Retry later.",
-            retry_after_s=policy.fallback.retry_after_s,
+            retry_after_s=retry_after_s,
         ) from last_error

@@ -76,7 +76,8 @@ async def test_timeout_before_first_byte_falls_back(upstreams, make_gateway, str
         policy_yaml(
             [(silent.url, "edge-model")],
             [(cloud.url, "cloud-model")],
-            timeouts="{connect: 1, first_token: 0.5, idle: 1, total: 0.5}",
+            # total bounds the whole request (failover included): room for the cloud.
+            timeouts="{connect: 1, first_token: 0.5, idle: 1, total: 5}",
         ),
         health_checks=False,
     )

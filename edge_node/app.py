@@ -1,0 +1,73 @@
+"""create_app(): the edge node's aiohttp application. Wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from . import handlers
+from .engine import Engine
+from .errors import EdgeError, MethodNotAllowed, PayloadTooLarge, RouteNotFound
+from .keys import ENGINE, METRICS, SETTINGS
+from .metrics import EdgeMetrics
+from .model import ModelLoader, load_model
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(settings: Settings, *, loader: ModelLoader = load_model) -> web.Application:
+    """The application; the model starts loading in a thread when the app starts up."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    metrics = EdgeMetrics()
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[ENGINE] = Engine(settings, metrics, loader)
+    app.cleanup_ctx.append(_engine_ctx)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/health", handlers.health)
+    app.router.add_get("/metrics", handlers.metrics)
+    return app
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = app[ENGINE]
+    engine.start()  # returns at once: /health answers 503 until the model is loaded
+    yield
+    await engine.aclose()
+
+
+def _error_response(error: EdgeError, status: int | None = None) -> web.Response:
+    return web.json_response(error.body(), status=status or error.status, headers=error.headers())
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every error as an OpenAI-style JSON body; never a traceback."""
+    try:
+        return await handler(request)
+    except EdgeError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            return _error_response(RouteNotFound(f"No route for {request.method} {request.path}."))
+        if exc.status == 405:
+            return _error_response(
+                MethodNotAllowed(f"{request.method} is not allowed on {request.path}.")
+            )
+        if exc.status == 413:
+            return _error_response(PayloadTooLarge("The request body is too large."))
+        return _error_response(EdgeError(exc.reason), status=exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the outermost boundary: log it, answer a clean 500
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(EdgeError("Internal error in the edge node."))

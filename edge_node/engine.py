@@ -1,0 +1,272 @@
+"""The engine: one worker thread that owns the model, fed by a bounded admission queue.
+
+``llama_cpp.Llama`` must never be called from two threads at once, and it must never
+run on the event loop, so a single worker thread loads the model (the HTTP server
+already answers ``/health`` with 503 meanwhile) and then runs one job at a time.
+Admission is decided on the event loop: at most ``1 + max_queue`` jobs are admitted
+at once, and the next one is refused at once with 503 ``overloaded`` so the gateway
+can fail over instead of waiting in an unbounded queue.
+
+Events flow from the worker to the waiting handler through the job's asyncio queue
+(``call_soon_threadsafe``); cancellation flows back through a ``threading.Event``
+checked before every token. A job's slot is released on the event loop, either when
+it is cancelled while still queued or when the worker has finished with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import partial
+
+from .errors import (
+    ContextLengthExceeded,
+    EdgeError,
+    GenerationFailed,
+    ModelLoading,
+    Overloaded,
+    Unavailable,
+)
+from .generation import Delta, Finished, GenerationParams, PromptEvaluated, Started, run_generation
+from .metrics import CompletionStats, EdgeMetrics
+from .model import ChatModel, ModelLoader, load_model
+from .prompt_cache import PromptCache, PromptReuse
+from .schema import ChatRequest
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+_JOIN_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failed:
+    """The job ended with an error (before or during generation)."""
+
+    error: EdgeError
+
+
+Event = Started | PromptEvaluated | Delta | Finished | Failed
+
+
+class EngineState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class Job:
+    """One admitted request; its events arrive on ``events`` in order, Finished/Failed last."""
+
+    __slots__ = ("admitted_at", "cancelled", "events", "lock", "params", "state")
+
+    def __init__(self, params: GenerationParams) -> None:
+        self.params = params
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.lock = threading.Lock()  # guards state between the loop and the worker
+        self.state = JobState.QUEUED
+        self.admitted_at = time.perf_counter()
+
+
+class Engine:
+    """Loads the model on its worker thread and serves admitted jobs one at a time."""
+
+    def __init__(
+        self, settings: Settings, metrics: EdgeMetrics, loader: ModelLoader = load_model
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._loader = loader
+        self.state = EngineState.LOADING
+        self.created = int(time.time())
+        self.load_error: str | None = None
+        self._model: ChatModel | None = None
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._admitted: set[Job] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        metrics.queue_capacity.set(settings.capacity)
+
+    # -- event loop side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start loading the model in the worker thread; returns at once."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="edge-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def n_ctx(self) -> int | None:
+        return self._model.n_ctx if self._model is not None else None
+
+    def require_ready(self) -> ChatModel:
+        """The loaded model, or 503 while it loads (or when it failed to)."""
+        if self.state is EngineState.READY and self._model is not None:
+            return self._model
+        retry = self._settings.retry_after_s
+        if self.state is EngineState.LOADING:
+            raise ModelLoading("The model is still loading; retry shortly.", retry_after_s=retry)
+        if self.state is EngineState.FAILED:
+            raise Unavailable(f"The model failed to load: {self.load_error}", retry_after_s=retry)
+        raise Unavailable("The edge node is shutting down.", retry_after_s=retry)
+
+    async def prepare(self, request: ChatRequest) -> GenerationParams:
+        """Tokenize the prompt (in a thread), reject overflow, clamp max_tokens to what fits."""
+        model = self.require_ready()
+        tokens = await asyncio.to_thread(model.prompt_tokens, request.messages)
+        if len(tokens) >= model.n_ctx:
+            raise ContextLengthExceeded(prompt_tokens=len(tokens), n_ctx=model.n_ctx)
+        room = model.n_ctx - len(tokens)
+        return GenerationParams(
+            prompt_tokens=tuple(tokens),
+            max_tokens=room if request.max_tokens is None else min(request.max_tokens, room),
+            stop=request.stop,
+            sampling=request.sampling,
+            ignore_eos=request.ignore_eos,
+        )
+
+    def check_capacity(self) -> None:
+        """Raise Overloaded (503) when every slot is taken; cheap, so call it early too."""
+        capacity = self._settings.capacity
+        if len(self._admitted) >= capacity:
+            raise Overloaded(
+                f"The edge node is at capacity ({capacity} requests: 1 generating, "
+                f"{self._settings.max_queue} queued); retry later or use another node.",
+                retry_after_s=self._settings.retry_after_s,
+            )
+
+    def submit(self, params: GenerationParams) -> Job:
+        """Admit a job, or raise Overloaded (503) at once when every slot is taken."""
+        self.require_ready()
+        self.check_capacity()
+        job = Job(params)
+        self._admitted.add(job)
+        self._metrics.in_flight.inc()
+        self._metrics.queue_depth.inc()
+        self._jobs.put(job)
+        return job
+
+    def cancel(self, job: Job) -> bool:
+        """Client gone: drop a queued job now (True), or stop a running one at its next token."""
+        with job.lock:
+            queued = job.state is JobState.QUEUED
+            if queued:
+                job.state = JobState.CANCELLED
+            elif job.state is JobState.RUNNING:
+                job.cancelled.set()
+        if queued:
+            self._metrics.queue_depth.dec()
+            self._release(job)
+        return queued
+
+    async def aclose(self) -> None:
+        """Refuse new work, end queued jobs, stop the running one, join the worker."""
+        self.state = EngineState.CLOSED
+        for job in list(self._admitted):
+            if self.cancel(job):
+                retry = self._settings.retry_after_s
+                job.events.put_nowait(
+                    Failed(
+                        error=Unavailable("The edge node is shutting down.", retry_after_s=retry)
+                    )
+                )
+        self._jobs.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, _JOIN_TIMEOUT_S)
+        self._metrics.model_loaded.set(0)
+
+    def _release(self, job: Job) -> None:
+        if job in self._admitted:
+            self._admitted.remove(job)
+            self._metrics.in_flight.dec()
+
+    def _on_loaded(self, model: ChatModel) -> None:
+        self._model = model
+        if self.state is EngineState.LOADING:
+            self.state = EngineState.READY
+            self._metrics.model_loaded.set(1)
+            log.info("model %s loaded (n_ctx=%d)", model.name, model.n_ctx)
+
+    def _on_load_failed(self, error: str) -> None:
+        self.load_error = error
+        if self.state is EngineState.LOADING:
+            self.state = EngineState.FAILED
+
+    # -- worker thread side ------------------------------------------------------------
+
+    def _call(self, callback: Callable[..., object], *args: object) -> None:
+        assert self._loop is not None
+        # RuntimeError means the loop is closed: nobody waits for this any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _run(self) -> None:
+        try:
+            model = self._loader(self._settings)
+        except Exception as exc:  # the thread's outermost boundary: report, don't die silently
+            log.exception("loading %s failed", self._settings.model_path)
+            self._call(self._on_load_failed, f"{type(exc).__name__}: {exc}")
+            return
+        cache_bytes = self._settings.prompt_cache_bytes
+        reuse = PromptReuse(model.llm, PromptCache(cache_bytes) if cache_bytes > 0 else None)
+        self._call(self._on_loaded, model)
+        try:
+            while (job := self._jobs.get()) is not None:
+                self._serve(model, reuse, job)
+        finally:
+            model.close()
+
+    def _serve(self, model: ChatModel, reuse: PromptReuse, job: Job) -> None:
+        with job.lock:
+            if job.state is not JobState.QUEUED:
+                return  # cancelled while waiting; its slot was released then
+            job.state = JobState.RUNNING
+        emit = partial(self._call, job.events.put_nowait)
+        queue_wait_s = time.perf_counter() - job.admitted_at
+        self._metrics.queue_depth.dec()
+        emit(Started(queue_wait_s=queue_wait_s))
+        last: Finished | Failed
+        try:
+            last = run_generation(model, reuse, job.params, job.cancelled, emit)
+            self._record(last, queue_wait_s)
+        except Exception as exc:  # llama.cpp failed mid-request: a 5xx; the node lives on
+            log.exception("generation failed")
+            last = Failed(error=GenerationFailed(f"Generation failed: {type(exc).__name__}: {exc}"))
+        with job.lock:
+            job.state = JobState.DONE
+        if reuse.cache is not None:
+            self._metrics.cache_bytes.set(reuse.cache.size_bytes)
+            self._metrics.cache_entries.set(len(reuse.cache))
+        # Release before the last event (loop callbacks run in order), so a client that
+        # has its answer already sees the slot free and the metrics recorded.
+        self._call(self._release, job)
+        emit(last)
+
+    def _record(self, finished: Finished, queue_wait_s: float) -> None:
+        eval_s = finished.prompt_eval_s
+        self._metrics.record_completion(
+            CompletionStats(
+                prompt_tokens=finished.prompt_tokens,
+                cached_tokens=finished.cached_tokens,
+                completion_tokens=finished.completion_tokens,
+                queue_wait_s=queue_wait_s,
+                time_to_first_token_s=None if eval_s is None else queue_wait_s + eval_s,
+                decode_s=finished.decode_s,
+            )
+        )

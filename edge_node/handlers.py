@@ -1,0 +1,185 @@
+"""HTTP handlers: translate between HTTP and the engine, make no decisions of their own.
+
+A chat completion goes through phases that become trace spans once observability
+lands (the W3C ``traceparent`` header is accepted and ignored until then):
+admission (parse, tokenize, ``submit``), queue wait (until ``Started``), prompt
+evaluation (until ``PromptEvaluated``), generation (until ``Finished``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from .engine import Engine, EngineState, Event, Failed, Job
+from .errors import EdgeError, PayloadTooLarge, Unavailable
+from .generation import Delta, Finished, PromptEvaluated, Started
+from .keys import ENGINE, METRICS, SETTINGS
+from .responses import SSE_DONE, CompletionIdentity, EdgeModelCard, sse_event
+from .schema import check_model, parse_chat_request, parse_json
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # proxies must not buffer the stream
+}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions, streaming (SSE) or not."""
+    settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    outcome = "internal_error"
+    try:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise PayloadTooLarge(
+                f"The request body exceeds {settings.max_body_bytes} bytes."
+            ) from exc
+        body = parse_json(raw)
+        check_model(body, settings.accepted_model_names, settings.served_model_name)
+        chat = parse_chat_request(body)
+        engine.require_ready()
+        engine.check_capacity()  # refuse before tokenizing; submit() checks again after
+        params = await engine.prepare(chat)
+        job = engine.submit(params)
+        try:
+            identity = CompletionIdentity(model=settings.served_model_name)
+            if chat.stream:
+                response, outcome = await _stream(
+                    request, engine, job, identity, chat.include_usage
+                )
+            else:
+                response, outcome = await _complete(job, identity)
+            return response
+        finally:
+            engine.cancel(job)  # a no-op once the worker is done with the job
+    except EdgeError as exc:
+        outcome = exc.code
+        raise
+    except asyncio.CancelledError:
+        outcome = "cancelled"  # the client went away (aiohttp cancels the handler)
+        raise
+    finally:
+        request.app[METRICS].requests.labels(code=outcome).inc()
+
+
+async def _until_output(job: Job) -> Event:
+    """Skip the phase markers (Started, PromptEvaluated) up to the first output event."""
+    while isinstance(event := await job.events.get(), Started | PromptEvaluated):
+        pass
+    return event
+
+
+def _raise_if_ended_early(event: Event) -> None:
+    if isinstance(event, Failed):
+        raise event.error
+    if isinstance(event, Finished) and event.finish_reason == "cancelled":
+        raise Unavailable("The edge node stopped this request (shutting down).", retry_after_s=1)
+
+
+async def _complete(job: Job, identity: CompletionIdentity) -> tuple[web.Response, str]:
+    parts: list[str] = []
+    while True:
+        event = await _until_output(job)
+        _raise_if_ended_early(event)
+        if isinstance(event, Delta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            return web.json_response(identity.completion("".join(parts), event)), "ok"
+
+
+async def _stream(
+    request: web.Request,
+    engine: Engine,
+    job: Job,
+    identity: CompletionIdentity,
+    include_usage: bool,
+) -> tuple[web.StreamResponse, str]:
+    # Headers wait for the first output so that a failure in the queue or during prompt
+    # evaluation still gets a real status code, which the gateway can fail over on.
+    event = await _until_output(job)
+    _raise_if_ended_early(event)
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    await response.prepare(request)
+    try:
+        await response.write(
+            sse_event(identity.chunk(role="assistant", text="", with_usage_field=include_usage))
+        )
+        while True:
+            if isinstance(event, Delta):
+                text, following = _coalesce(job, event)
+                await response.write(
+                    sse_event(identity.chunk(text=text, with_usage_field=include_usage))
+                )
+                event = following if following is not None else await _until_output(job)
+            elif isinstance(event, Finished) and event.finish_reason != "cancelled":
+                final = identity.chunk(
+                    finish_reason=event.finish_reason, with_usage_field=include_usage
+                )
+                await response.write(sse_event(final))
+                if include_usage:
+                    await response.write(sse_event(identity.usage_chunk(event)))
+                await response.write(SSE_DONE)
+                await response.write_eof()
+                return response, "ok"
+            else:
+                # The status line is gone: report in-stream, then end without [DONE].
+                error = (
+                    event.error
+                    if isinstance(event, Failed)
+                    else Unavailable("Stopped.", retry_after_s=1)
+                )
+                await response.write(sse_event(error.body()))
+                await response.write_eof()
+                return response, error.code
+    except ConnectionResetError:
+        # Client gone while we wrote (servers without handler cancellation land here).
+        engine.cancel(job)
+        return response, "cancelled"
+
+
+def _coalesce(job: Job, first: Delta) -> tuple[str, Event | None]:
+    """Join the deltas already queued into one chunk; returns the first non-delta, if any."""
+    texts = [first.text]
+    while not job.events.empty():
+        event = job.events.get_nowait()
+        if not isinstance(event, Delta):
+            return "".join(texts), event
+        texts.append(event.text)
+    return "".join(texts), None
+
+
+async def models(request: web.Request) -> web.Response:
+    """GET /v1/models: the one served model (``edge`` is accepted as an alias)."""
+    settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    card: EdgeModelCard = {
+        "id": settings.served_model_name,
+        "object": "model",
+        "created": engine.created,
+        "owned_by": "edge-node",
+    }
+    if engine.n_ctx is not None:
+        card["max_model_len"] = engine.n_ctx
+    return web.json_response({"object": "list", "data": [card]})
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: 200 once the model serves, 503 (with Retry-After) before and after."""
+    settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    ready = engine.state is EngineState.READY
+    body: dict[str, object] = {
+        "status": "ok" if ready else engine.state.value,
+        "model": settings.served_model_name,
+    }
+    if engine.load_error is not None:
+        body["error"] = engine.load_error
+    headers = {} if ready else {"Retry-After": str(settings.retry_after_s)}
+    return web.json_response(body, status=200 if ready else 503, headers=headers)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics in the Prometheus text format."""
+    payload, content_type = request.app[METRICS].render()
+    return web.Response(body=payload, headers={"Content-Type": content_type})

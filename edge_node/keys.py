@@ -1,0 +1,13 @@
+"""Typed keys of the aiohttp application state (``web.AppKey``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .engine import Engine
+from .metrics import EdgeMetrics
+from .settings import Settings
+
+SETTINGS = web.AppKey("edge_settings", Settings)
+ENGINE = web.AppKey("edge_engine", Engine)
+METRICS = web.AppKey("edge_metrics", EdgeMetrics)

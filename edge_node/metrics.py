@@ -1,0 +1,129 @@
+"""Prometheus metrics of one edge node, on a registry owned by the app (no global state).
+
+prometheus_client metrics are thread-safe, so the engine's worker thread and the event
+loop both record into the same objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# A request counts as a prompt-cache hit when at least this share of its prompt came
+# from a saved KV state; the token counters below give the exact split.
+CACHE_HIT_MIN_FRACTION = 0.5
+
+_TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TPS_BUCKETS = (1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletionStats:
+    """What one finished generation reports to the metrics."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    queue_wait_s: float
+    time_to_first_token_s: float | None
+    decode_s: float
+
+
+class EdgeMetrics:
+    """All metrics of the node; ``render()`` gives the Prometheus text exposition."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = (
+            registry if registry is not None else CollectorRegistry(auto_describe=True)
+        )
+        self.requests = Counter(
+            "edge_requests",
+            "Chat completion requests by outcome code ('ok', 'cancelled' or an error code).",
+            ["code"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "edge_requests_in_flight",
+            "Admitted requests not finished yet (generating + queued).",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "edge_queue_depth", "Admitted requests waiting for the model.", registry=r
+        )
+        self.queue_capacity = Gauge(
+            "edge_queue_capacity",
+            "Requests admitted at once (1 generating + the queue length).",
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "edge_model_loaded", "1 once the model is loaded and serving.", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "edge_prompt_tokens", "Prompt tokens of requests that ran.", registry=r
+        )
+        self.completion_tokens = Counter(
+            "edge_completion_tokens",
+            "Completion tokens generated (cancelled requests included).",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "edge_queue_wait_seconds",
+            "Time from admission to the start of generation.",
+            buckets=_TTFT_BUCKETS_S,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "edge_time_to_first_token_seconds",
+            "Time from admission to the first generated token (queue wait included).",
+            buckets=_TTFT_BUCKETS_S,
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "edge_decode_tokens_per_second",
+            "Decode speed of a request after its first token.",
+            buckets=_TPS_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "edge_prompt_cache_hits",
+            f"Requests with >= {CACHE_HIT_MIN_FRACTION:.0%} of the prompt from saved KV state.",
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "edge_prompt_cache_misses",
+            "Requests whose prompt was mostly evaluated anew.",
+            registry=r,
+        )
+        self.cache_hit_tokens = Counter(
+            "edge_prompt_cache_hit_tokens", "Prompt tokens reused from saved KV state.", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "edge_prompt_cache_bytes", "Bytes of KV state held by the prompt cache.", registry=r
+        )
+        self.cache_entries = Gauge(
+            "edge_prompt_cache_entries", "KV states held by the prompt cache.", registry=r
+        )
+
+    def record_completion(self, stats: CompletionStats) -> None:
+        """Record one generation (finished or cancelled) that got to run."""
+        self.prompt_tokens.inc(stats.prompt_tokens)
+        self.completion_tokens.inc(stats.completion_tokens)
+        self.cache_hit_tokens.inc(stats.cached_tokens)
+        if (
+            stats.prompt_tokens
+            and stats.cached_tokens >= CACHE_HIT_MIN_FRACTION * stats.prompt_tokens
+        ):
+            self.cache_hits.inc()
+        else:
+            self.cache_misses.inc()
+        self.queue_wait.observe(stats.queue_wait_s)
+        if stats.time_to_first_token_s is not None:
+            self.time_to_first_token.observe(stats.time_to_first_token_s)
+        if stats.completion_tokens >= 2 and stats.decode_s > 0:
+            self.tokens_per_second.observe((stats.completion_tokens - 1) / stats.decode_s)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,213 @@
+"""Validation of chat-completion request bodies into an immutable ChatRequest.
+
+Every check raises InvalidRequest (400) naming the offending ``param``, so no client
+input can reach the model in a shape that makes llama.cpp or the template fail.
+Fields the node does not implement (tools, logprobs, response_format, ...) are ignored,
+as an OpenAI-compatible server without those features would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.protocol import ROLES
+
+from .errors import InvalidRequest, ModelNotFound
+
+MAX_STOP_SEQUENCES = 4
+DEFAULT_TEMPERATURE = 0.8  # llama.cpp server's default; OpenAI's 1.0 is too wild for tiny models
+DEFAULT_TOP_P = 0.95
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromptMessage:
+    """One message as the chat template sees it: a role and plain text."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sampling:
+    """Sampling parameters handed to llama.cpp."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatRequest:
+    """A validated chat-completion request."""
+
+    messages: tuple[PromptMessage, ...]
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+    stop: tuple[str, ...]
+    sampling: Sampling
+    ignore_eos: bool = False
+
+
+def parse_json(raw: bytes) -> dict[str, object]:
+    """Decode the body; anything but a JSON object is a 400."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def check_model(body: Mapping[str, object], accepted: frozenset[str], served: str) -> None:
+    """Reject a missing model (400) or one this node does not serve (404)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("You must provide a model parameter (a string).", param="model")
+    if model not in accepted:
+        raise ModelNotFound(model, served=served)
+
+
+def parse_chat_request(body: Mapping[str, object]) -> ChatRequest:
+    """Validate a decoded body (model already checked) into a ChatRequest."""
+    stream = _optional_bool(body, "stream", default=False)
+    stream_options = body.get("stream_options")
+    include_usage = False
+    if stream_options is not None:
+        if not isinstance(stream_options, dict):
+            raise InvalidRequest("stream_options must be an object.", param="stream_options")
+        include_usage = _optional_bool(
+            stream_options, "include_usage", default=False, prefix="stream_options."
+        )
+
+    n = _optional_int(body, "n", minimum=1)
+    if n not in (None, 1):
+        raise InvalidRequest("This node generates one choice per request; n must be 1.", param="n")
+
+    max_tokens = _optional_int(body, "max_completion_tokens", minimum=1)
+    if max_tokens is None:
+        max_tokens = _optional_int(body, "max_tokens", minimum=1)
+
+    return ChatRequest(
+        messages=_messages(body.get("messages")),
+        max_tokens=max_tokens,
+        stream=stream,
+        include_usage=include_usage and stream,
+        stop=_stop(body.get("stop")),
+        sampling=Sampling(
+            temperature=_optional_float(body, "temperature", 0.0, 2.0, DEFAULT_TEMPERATURE),
+            top_p=_optional_float(body, "top_p", 0.0, 1.0, DEFAULT_TOP_P),
+            presence_penalty=_optional_float(body, "presence_penalty", -2.0, 2.0, 0.0),
+            frequency_penalty=_optional_float(body, "frequency_penalty", -2.0, 2.0, 0.0),
+            seed=_optional_int(body, "seed", minimum=0),
+        ),
+        ignore_eos=_optional_bool(body, "ignore_eos", default=False),
+    )
+
+
+def _messages(value: object) -> tuple[PromptMessage, ...]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest(
+            "messages must be a non-empty array of message objects.", param="messages"
+        )
+    out: list[PromptMessage] = []
+    for index, message in enumerate(value):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"{param} must be an object.", param=param)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise InvalidRequest(
+                f"{param}.role must be one of {', '.join(sorted(ROLES))}.", param=f"{param}.role"
+            )
+        # The template knows "system"; OpenAI's newer "developer" role means the same.
+        out.append(
+            PromptMessage(
+                role="system" if role == "developer" else role, content=_text(message, param)
+            )
+        )
+    return tuple(out)
+
+
+def _text(message: Mapping[str, object], param: str) -> str:
+    content = message.get("content")
+    if content is None:
+        if message.get("role") == "assistant":
+            return ""  # an assistant turn that only called tools
+        raise InvalidRequest(
+            f"{param}.content must be a string or an array of text parts.", param=f"{param}.content"
+        )
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts: list[str] = []
+        for part_index, part in enumerate(content):
+            part_param = f"{param}.content[{part_index}]"
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise InvalidRequest(
+                    f"{part_param}: this node accepts only text parts.", param=part_param
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"{part_param}.text must be a string.", param=part_param)
+            texts.append(text)
+        return "\n".join(texts)
+    raise InvalidRequest(
+        f"{param}.content must be a string or an array of text parts.", param=f"{param}.content"
+    )
+
+
+def _stop(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(items, list)
+        or len(items) > MAX_STOP_SEQUENCES
+        or not all(isinstance(item, str) and item for item in items)
+    ):
+        raise InvalidRequest(
+            f"stop must be a non-empty string or an array of at most {MAX_STOP_SEQUENCES} of them.",
+            param="stop",
+        )
+    return tuple(str(item) for item in items)
+
+
+def _optional_bool(
+    body: Mapping[str, object], key: str, *, default: bool, prefix: str = ""
+) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{prefix}{key} must be a boolean.", param=f"{prefix}{key}")
+    return value
+
+
+def _optional_int(body: Mapping[str, object], key: str, *, minimum: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    # bool is an int subclass; JSON true is not a token count.
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequest(f"{key} must be an integer >= {minimum}.", param=key)
+    return value
+
+
+def _optional_float(
+    body: Mapping[str, object], key: str, low: float, high: float, default: float
+) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"{key} must be a number.", param=key)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{key} must be between {low:g} and {high:g}.", param=key)
+    return float(value)

