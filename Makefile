@@ -11,7 +11,7 @@ help:
 	@echo "make bench   run the benchmarks in bench/"
 
 setup:
-	@scripts/setup_venvs.sh gateway vllm redis
+	@scripts/setup_venvs.sh gateway vllm redis compose
 
 check: setup
 	$(PY) -m ruff check .

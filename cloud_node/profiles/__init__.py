@@ -1,0 +1,1 @@
+"""Bundled launch profiles (YAML data only; a package so that the wheel ships them)."""

@@ -1,0 +1,1 @@
+"""Developer scripts run as modules from the repository root (``python -m scripts.stack``)."""
