@@ -119,7 +119,8 @@ class LinearFit:
         z = (x - self.mean) / self.std
         out = self.intercept + z @ self.weights
         for k, i in enumerate(rows):
-            out[k] += sum(self.vocabulary.get(w, 0.0) for w in data.words[i])
+            # fsum, as at runtime: a set's order follows PYTHONHASHSEED, an exact sum doesn't.
+            out[k] += math.fsum(self.vocabulary.get(w, 0.0) for w in data.words[i])
         return out
 
     def score(self, data: Dataset, rows: npt.NDArray[np.intp]) -> Array:

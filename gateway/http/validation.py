@@ -1,13 +1,12 @@
-"""Admission checks on a chat request body: size, JSON, schema. Errors name the param."""
+"""Schema checks on a chat request body. Errors name the param. No aiohttp: the
+``classify`` command validates its input lines with the same code."""
 
 from __future__ import annotations
 
 import json
 from typing import cast
 
-from aiohttp import web
-
-from gateway.errors import BodyTooLarge, InvalidJSON, InvalidRequest
+from gateway.errors import InvalidJSON, InvalidRequest
 from gateway.protocol import ROLES, ChatCompletionRequest
 
 _NUMBER_FIELDS = {
@@ -16,21 +15,6 @@ _NUMBER_FIELDS = {
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
 }
-
-
-async def read_body(request: web.Request, *, max_body_bytes: int) -> bytes:
-    """The raw body, refusing more than ``max_body_bytes`` without reading it all."""
-    length = request.content_length
-    if length is not None and length > max_body_bytes:
-        raise BodyTooLarge(f"Request body is {length} bytes; the limit is {max_body_bytes}.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > max_body_bytes:
-            raise BodyTooLarge(f"Request body exceeds the limit of {max_body_bytes} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:

@@ -1,0 +1,251 @@
+"""The learned complexity classifier: a small linear model over cheap features, pure Python.
+
+The weights come from ``scripts/train_classifier.py`` as a versioned JSON file
+(``models/complexity-v1.json`` by default). Inference needs neither numpy nor scikit-learn:
+standardise the dense features, take a dot product, add the weights of the vocabulary
+words present, and map the raw number onto its training percentile, so the score is in
+[0, 1] and ``cloud_above: 0.7`` sends about 30 % of training-like traffic to the cloud.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from gateway.protocol import ChatMessage
+from gateway.routing.classifier import Complexity
+from gateway.routing.features import (
+    FEATURE_NAMES,
+    FEATURE_SET_VERSION,
+    FEATURE_SIGNALS,
+    LENGTH_FEATURES,
+    Features,
+    extract_features,
+)
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "complexity-v1.json"
+MODEL_FORMAT = "gateway.complexity-model/1"
+MAX_SIGNALS = 4
+_LENGTH = "length"
+_WORDING = "wording"
+
+
+class ModelFileError(ValueError):
+    """A weights file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinearComplexityModel:
+    """Weights as trained; :meth:`raw` is the model's whole arithmetic."""
+
+    version: str
+    intercept: float
+    lows: tuple[float, ...]
+    highs: tuple[float, ...]
+    """Training range of each feature; inputs are clipped into it (infinite for priors)."""
+    means: tuple[float, ...]
+    inverse_stds: tuple[float, ...]
+    weights: tuple[float, ...]
+    vocabulary: Mapping[str, float]
+    knots: tuple[float, ...]
+    """Raw scores at the training percentiles 0, 1, ..., 100 (any count >= 2 works)."""
+
+    def contributions(self, features: Features) -> dict[str, float]:
+        """Each feature's push away from the training average (length views summed)."""
+        out: dict[str, float] = {}
+        for name, x, low, high, mean, inv, w in zip(
+            FEATURE_NAMES,
+            features.values,
+            self.lows,
+            self.highs,
+            self.means,
+            self.inverse_stds,
+            self.weights,
+            strict=True,
+        ):
+            if w and x == x:  # x != x only for NaN: the feature does not apply, adds nothing
+                key = _LENGTH if name in LENGTH_FEATURES else name
+                clipped = low if x < low else high if x > high else x
+                out[key] = out.get(key, 0.0) + w * (clipped - mean) * inv
+        vocabulary = self.vocabulary
+        # Hundreds of small word weights explain nothing one by one: they are one signal.
+        # fsum: exact, so independent of the set's iteration order, which follows string
+        # hashing and changes between processes (PYTHONHASHSEED): same request, same score.
+        out[_WORDING] = math.fsum(vocabulary.get(word, 0.0) for word in features.words)
+        return out
+
+    def raw(self, features: Features) -> float:
+        return self.intercept + math.fsum(self.contributions(features).values())
+
+    def calibrate(self, raw: float) -> float:
+        """Piecewise-linear map onto the training percentile, clipped to [0, 1]."""
+        knots = self.knots
+        if raw <= knots[0]:
+            return 0.0
+        if raw >= knots[-1]:
+            return 1.0
+        i = bisect.bisect_right(knots, raw)
+        lo, hi = knots[i - 1], knots[i]
+        frac = (raw - lo) / (hi - lo) if hi > lo else 0.0
+        return (i - 1 + frac) / (len(knots) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedClassifier:
+    """Scores a request with a :class:`LinearComplexityModel`; pure and deterministic."""
+
+    model: LinearComplexityModel
+
+    @property
+    def name(self) -> str:
+        return f"learned:{self.model.version}"
+
+    def classify(self, messages: Sequence[ChatMessage], *, max_tokens: int | None) -> Complexity:
+        features = extract_features(messages, max_tokens=max_tokens)
+        parts = self.model.contributions(features)
+        raw = self.model.intercept + math.fsum(parts.values())
+        score = round(self.model.calibrate(raw), 4)
+        return Complexity(
+            score=score,
+            prompt_tokens=features.prompt_tokens,
+            signals=_signals(self.model, parts, features, towards_cloud=score >= 0.5),
+        )
+
+
+def _signals(
+    model: LinearComplexityModel,
+    parts: Mapping[str, float],
+    features: Features,
+    *,
+    towards_cloud: bool,
+) -> tuple[str, ...]:
+    """Words for the strongest pushes in the direction the score went, strongest first."""
+    sign = 1.0 if towards_cloud else -1.0
+    pushes = sorted(
+        ((sign * v, k) for k, v in parts.items() if sign * v > 0),
+        key=lambda item: (-item[0], item[1]),
+    )
+    words: list[str] = []
+    for _, key in pushes[:MAX_SIGNALS]:
+        if key == _LENGTH:
+            approx = "" if features.prompt_tokens_exact else "~"
+            unit = "token" if features.prompt_tokens == 1 else "tokens"
+            words.append(f"{approx}{features.prompt_tokens} {unit}")
+        elif key in FEATURE_SIGNALS:
+            j = _INDEX[key]
+            more, less = FEATURE_SIGNALS[key]
+            words.append(more if features.values[j] > model.means[j] else less)
+        else:
+            words.append(key)
+    # Two features can share a word ("numbers"): keep the first, strongest mention.
+    return tuple(dict.fromkeys(words))
+
+
+_INDEX = {name: j for j, name in enumerate(FEATURE_NAMES)}
+
+
+def parse_model(doc: object, *, source: str) -> LinearComplexityModel:
+    """Validate a decoded weights file; raises :class:`ModelFileError` naming the problem."""
+
+    def fail(message: str) -> ModelFileError:
+        return ModelFileError(f"{source}: {message}")
+
+    if not isinstance(doc, dict):
+        raise fail("not a JSON object")
+    if doc.get("format") != MODEL_FORMAT:
+        raise fail(f"format must be {MODEL_FORMAT!r}, got {doc.get('format')!r}")
+    if doc.get("feature_set_version") != FEATURE_SET_VERSION:
+        raise fail(
+            f"trained on feature set {doc.get('feature_set_version')!r}, this gateway computes "
+            f"feature set {FEATURE_SET_VERSION}: retrain with scripts/train_classifier.py"
+        )
+    version = doc.get("version")
+    if not isinstance(version, str) or not version:
+        raise fail("version must be a non-empty string")
+    features = doc.get("features")
+    if not isinstance(features, list) or [
+        f.get("name") if isinstance(f, dict) else None for f in features
+    ] != list(FEATURE_NAMES):
+        raise fail(f"features must list, in order: {', '.join(FEATURE_NAMES)}")
+    lows, highs, means, inverse_stds, weights = [], [], [], [], []
+    for f in features:
+        mean, std, weight = (
+            _number(f.get(k), fail, f"{f['name']}.{k}") for k in ("mean", "std", "weight")
+        )
+        if std <= 0:
+            raise fail(f"{f['name']}.std must be > 0")
+        low = -math.inf if f.get("low") is None else _number(f["low"], fail, f"{f['name']}.low")
+        high = math.inf if f.get("high") is None else _number(f["high"], fail, f"{f['name']}.high")
+        if low > high:
+            raise fail(f"{f['name']}: low must be <= high")
+        lows.append(low)
+        highs.append(high)
+        means.append(mean)
+        inverse_stds.append(1.0 / std)
+        weights.append(weight)
+    vocabulary = doc.get("vocabulary")
+    if not isinstance(vocabulary, dict):
+        raise fail("vocabulary must be an object of word: weight")
+    words = {str(w): _number(v, fail, f"vocabulary.{w}") for w, v in vocabulary.items()}
+    knots = doc.get("calibration")
+    if not isinstance(knots, list) or len(knots) < 2:
+        raise fail("calibration must list at least two raw-score knots")
+    knot_values = tuple(_number(k, fail, "calibration") for k in knots)
+    if any(b < a for a, b in itertools.pairwise(knot_values)):
+        raise fail("calibration knots must not decrease")
+    return LinearComplexityModel(
+        version=version,
+        intercept=_number(doc.get("intercept"), fail, "intercept"),
+        lows=tuple(lows),
+        highs=tuple(highs),
+        means=tuple(means),
+        inverse_stds=tuple(inverse_stds),
+        weights=tuple(weights),
+        vocabulary=MappingProxyType(words),
+        knots=knot_values,
+    )
+
+
+def _number(value: object, fail: Callable[[str], ModelFileError], key: str) -> float:
+    # bool is an int subclass; true/false as a weight is a broken file, not 1.0/0.0.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise fail(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def load_model(path: Path) -> LinearComplexityModel:
+    """Read and validate a weights file (blocking: call at start-up or on reload)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelFileError(f"{path}: not UTF-8 text") from exc
+    return parse_model(doc, source=str(path))
+
+
+def load_learned_classifier(model_path: Path | None = None) -> LearnedClassifier:
+    """The classifier for a weights file; None means the shipped ``complexity-v1``.
+
+    Raises ``OSError`` when the file cannot be read and :class:`ModelFileError` (a
+    ``ValueError``) when it is not a usable model, which the policy loader reports.
+    """
+    return LearnedClassifier(load_model(model_path or DEFAULT_MODEL_PATH))
+
+
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "MODEL_FORMAT",
+    "LearnedClassifier",
+    "LinearComplexityModel",
+    "ModelFileError",
+    "load_learned_classifier",
+    "load_model",
+    "parse_model",
+]

@@ -1,0 +1,1 @@
+"""Trained weights shipped with the gateway (data files; see docs/classifier.md)."""
