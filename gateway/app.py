@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.http.middlewares import api_key_auth, request_id_and_errors
+from gateway.http.middlewares import api_key_auth, observe_requests, request_id_and_errors
 from gateway.http.routes import add_routes
 from gateway.metrics import GatewayMetrics
 from gateway.routing.policy import HealthSpec
@@ -20,7 +20,8 @@ from gateway.routing.tokens import encoding
 from gateway.sessions.service import SessionService
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
-from gateway.state import STATE, GatewayState
+from gateway.state import STATE, TRACING, GatewayState
+from gateway.telemetry import Tracing, build_tracing
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.health import run_health_checks
 from gateway.upstream.load import run_load_polling
@@ -32,13 +33,20 @@ MAX_UPSTREAM_CONNECTIONS = 512
 """Bound on the shared connection pool; each node's own limit is its max_concurrency."""
 
 
-async def create_app(settings: Settings, *, health_checks: bool = True) -> web.Application:
-    """Build the app. Loads the policy now, so a broken file fails start-up, not a request."""
+async def create_app(
+    settings: Settings, *, health_checks: bool = True, tracing: Tracing | None = None
+) -> web.Application:
+    """Build the app. Loads the policy now, so a broken file fails start-up, not a request.
+
+    ``tracing`` replaces the tracer that ``settings.tracing`` describes (tests pass one over
+    an in-memory exporter); the caller owns it, and the app only flushes it at shutdown.
+    """
     initial = await asyncio.to_thread(
         load_routing_state, settings.policy_path, settings.node_overrides()
     )
     await asyncio.to_thread(encoding)  # tokenizer load (~0.3 s) off the request path
-    app = web.Application(middlewares=[request_id_and_errors, api_key_auth])
+    app = web.Application(middlewares=[observe_requests, request_id_and_errors, api_key_auth])
+    app.cleanup_ctx.append(_tracing(settings, tracing))  # first in, so flushed last
     app.cleanup_ctx.append(_gateway_state(settings, initial))
     app.cleanup_ctx.append(_sessions)
     app.cleanup_ctx.append(_policy_reloads)
@@ -48,9 +56,24 @@ async def create_app(settings: Settings, *, health_checks: bool = True) -> web.A
     return app
 
 
+def _tracing(settings: Settings, injected: Tracing | None):  # type: ignore[no-untyped-def]
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        tracing = injected if injected is not None else build_tracing(settings.tracing)
+        app[TRACING] = tracing
+        yield
+        # Blocking (the exporter's last POST, bounded by its timeout): off the event loop.
+        if injected is None:
+            await asyncio.to_thread(tracing.shutdown)
+        else:
+            await asyncio.to_thread(tracing.force_flush)
+
+    return context
+
+
 def _gateway_state(settings: Settings, initial: RoutingState):  # type: ignore[no-untyped-def]
     async def context(app: web.Application) -> AsyncIterator[None]:
         metrics = GatewayMetrics()
+        tracing = app[TRACING]
         pool = NodePool(initial.policy)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, keepalive_timeout=30),
@@ -60,7 +83,7 @@ def _gateway_state(settings: Settings, initial: RoutingState):  # type: ignore[n
             settings.policy_path,
             initial,
             overrides=settings.node_overrides(),
-            on_change=lambda state: pool.sync(state.policy),
+            on_change=lambda state: _adopt(pool, metrics, state),
             on_result=lambda ok: metrics.policy_reloads.labels(
                 "success" if ok else "failure"
             ).inc(),
@@ -70,13 +93,20 @@ def _gateway_state(settings: Settings, initial: RoutingState):  # type: ignore[n
             policies=policies,
             pool=pool,
             metrics=metrics,
-            forwarder=Forwarder(pool, session, metrics),
+            forwarder=Forwarder(pool, session, metrics, tracing=tracing),
             session=session,
+            tracing=tracing,
         )
         yield
         await session.close()
 
     return context
+
+
+def _adopt(pool: NodePool, metrics: GatewayMetrics, state: RoutingState) -> None:
+    """A reloaded policy's nodes replace the old ones, in the pool and in the metrics."""
+    pool.sync(state.policy)
+    metrics.retain_nodes((n.tier, n.name) for n in pool.all_nodes())
 
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
@@ -85,7 +115,10 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     url = state.settings.redis_url
     store = SessionStore.from_url(url, cluster=state.settings.redis_cluster) if url else None
     service = SessionService(
-        store=store, spec=lambda: state.policies.current.policy.sessions, metrics=state.metrics
+        store=store,
+        spec=lambda: state.policies.current.policy.sessions,
+        metrics=state.metrics,
+        tracing=state.tracing,
     )
     await service.start()  # Redis down at start-up is not fatal: the replayer keeps trying
     state.sessions = service

@@ -5,20 +5,29 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import sys
 import time
+from typing import Final, Literal
 
-from gateway.telemetry import trace_id_of_current_span
+from gateway.telemetry import span_id_of_current_span, trace_id_of_current_span
+
+LogFormat = Literal["json", "text"]
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("json", "text")
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "gateway_request_id", default=None
 )
 """Set by the request middleware; every log line of that request's task carries it."""
 
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+# Attributes every LogRecord has (plus those formatters add): the rest came in ``extra``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "message", "request_id", "trace_id", ...extras}``."""
+    """``{"ts", "level", "logger", "message", "request_id", "trace_id", "span_id", ...extras}``."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -34,21 +43,45 @@ class JsonFormatter(logging.Formatter):
         trace_id = trace_id_of_current_span()
         if trace_id is not None:
             entry["trace_id"] = trace_id
+            entry["span_id"] = span_id_of_current_span()
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
+                entry[key] = (
+                    value
+                    if value is None or isinstance(value, str | int | float | bool)
+                    else str(value)
+                )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str, fmt: str) -> None:
+class TextFormatter(logging.Formatter):
+    """Human-readable lines; the request id is appended when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = request_id_var.get()
+        return f"{line} [request_id={request_id}]" if request_id is not None else line
+
+
+def configure_logging(level: str, fmt: LogFormat) -> None:
     """Root logging to stderr, as JSON lines (``json``) or human-readable text (``text``)."""
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+__all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "LogFormat",
+    "TextFormatter",
+    "configure_logging",
+    "request_id_var",
+]

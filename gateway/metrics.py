@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -15,6 +16,7 @@ class GatewayMetrics:
         default_factory=lambda: CollectorRegistry(auto_describe=True)
     )
     requests: Counter = field(init=False)
+    http_responses: Counter = field(init=False)
     route_decisions: Counter = field(init=False)
     attempts: Counter = field(init=False)
     fallbacks: Counter = field(init=False)
@@ -41,6 +43,13 @@ class GatewayMetrics:
             "gateway_requests",
             "Chat requests by the tier that answered and outcome",
             ("tier", "outcome"),
+            registry=r,
+        )
+        self.http_responses = Counter(
+            "gateway_http_responses",
+            "Every HTTP response by route template (`unmatched` for unknown paths) and status "
+            "code, rejected requests included (gateway_requests counts routed ones only)",
+            ("route", "status"),
             registry=r,
         )
         self.route_decisions = Counter(
@@ -156,6 +165,19 @@ class GatewayMetrics:
             ("tier",),
             registry=r,
         )
+
+    def retain_nodes(self, nodes: Iterable[tuple[str, str]]) -> None:
+        """Drop the per-node gauges of nodes no longer configured: a node removed by a policy
+        reload must not report its last state forever (nor keep its series alive)."""
+        keep = set(nodes)
+        for gauge in (self.node_up, self.node_circuit, self.node_in_flight):
+            present = {
+                (sample.labels["tier"], sample.labels["node"])
+                for family in gauge.collect()
+                for sample in family.samples
+            }
+            for tier, node in present - keep:
+                gauge.remove(tier, node)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.logs import LOG_FORMATS, LogFormat
 from gateway.protocol import Tier
 from gateway.routing.policy import NodeSpec
+from gateway.telemetry import TracingConfig, tracing_config_from_env
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 
@@ -33,6 +35,10 @@ class Settings:
     """GATEWAY_API_KEYS: when set, clients must send one as a Bearer token."""
     policy_poll_s: float = 1.0
     log_level: str = "INFO"
+    log_format: LogFormat = "json"
+    """GATEWAY_LOG_FORMAT: ``json`` (one object per line) or ``text``."""
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    """The standard OTEL_* variables and GATEWAY_TRACE_CONTENT; off by default."""
 
     def node_overrides(self) -> dict[Tier, tuple[NodeSpec, ...]]:
         overrides: dict[Tier, tuple[NodeSpec, ...]] = {}
@@ -54,6 +60,17 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     if not 0 <= port <= 65535:
         raise SettingsError(f"GATEWAY_PORT must be between 0 and 65535, got {port}")
     keys = frozenset(k.strip() for k in env.get("GATEWAY_API_KEYS", "").split(",") if k.strip())
+    log_format = env.get("GATEWAY_LOG_FORMAT", "json").strip().lower() or "json"
+    if log_format not in LOG_FORMATS:
+        raise SettingsError(f"GATEWAY_LOG_FORMAT must be json or text, got {log_format!r}")
+    try:
+        tracing = tracing_config_from_env(
+            env,
+            capture_content=env.get("GATEWAY_TRACE_CONTENT", "").strip().lower()
+            in {"1", "true", "yes"},
+        )
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     return Settings(
         policy_path=Path(env.get("GATEWAY_POLICY") or DEFAULT_POLICY),
         host=env.get("GATEWAY_HOST", "127.0.0.1"),
@@ -64,6 +81,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         redis_cluster=env.get("REDIS_CLUSTER", "").strip().lower() in {"1", "true", "yes"},
         api_keys=keys,
         log_level=env.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
+        log_format="text" if log_format == "text" else "json",
+        tracing=tracing,
     )
 
 

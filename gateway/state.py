@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -11,6 +11,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.routing.state import PolicyHolder
 from gateway.sessions.service import SessionService
 from gateway.settings import Settings
+from gateway.telemetry import Tracing, disabled_tracing
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.pool import NodePool
 
@@ -25,6 +26,9 @@ class GatewayState:
     session: aiohttp.ClientSession
     sessions: SessionService | None = None
     """Conversation history (set by the sessions cleanup context; disabled without REDIS_URL)."""
+    tracing: Tracing = field(default_factory=disabled_tracing)
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)
+TRACING: web.AppKey[Tracing] = web.AppKey("gateway_tracing", Tracing)
+"""Set first by the tracing cleanup context, flushed last at shutdown."""

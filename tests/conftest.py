@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.telemetry import Tracing
 from tests.scripted import ScriptedUpstream
 
 pytest_plugins = ["tests.fixtures.edge", "tests.fixtures.redis", "tests.fixtures.vllm"]
@@ -86,13 +87,18 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     started: list[TestServer] = []
 
     async def start(
-        policy_text: str, *, health_checks: bool = True, **settings: object
+        policy_text: str,
+        *,
+        health_checks: bool = True,
+        tracing: Tracing | None = None,
+        **settings: object,
     ) -> RunningGateway:
         path = tmp_path / f"policy-{len(started)}.yaml"
         path.write_text(policy_text)
         app = await create_app(
             Settings(policy_path=path, policy_poll_s=0.05, **settings),  # type: ignore[arg-type]
             health_checks=health_checks,
+            tracing=tracing,
         )
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()

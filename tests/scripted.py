@@ -40,6 +40,7 @@ Faults during a stream: ``cut`` drops the connection after ``cut_after`` chunks;
 the body; ``error_event`` sends an in-stream error event after ``cut_after`` chunks and
 ends without ``[DONE]`` (as the edge node does when generation fails)."""
 
+
 @dataclass(slots=True, kw_only=True)
 class Script:
     """What the upstream does with each chat request (the next one in ``queue`` first)."""

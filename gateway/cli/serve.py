@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.logs import configure_logging
 from gateway.routing.policy import PolicyError
 from gateway.settings import SettingsError, settings_from_env
 
@@ -38,9 +39,8 @@ def main(argv: Sequence[str]) -> int:
         settings = replace(settings, port=args.port)
     if args.policy:
         settings = replace(settings, policy_path=Path(args.policy))
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # GATEWAY_LOG_FORMAT: JSON lines (request_id, trace_id on each) by default, or text.
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_serve(settings))
     except PolicyError as exc:

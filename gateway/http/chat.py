@@ -8,16 +8,19 @@ import logging
 import time
 
 from aiohttp import web
+from opentelemetry import trace
 
 from gateway.errors import UpstreamTimeout
+from gateway.http.body import read_body
 from gateway.http.middlewares import REQUEST_ID, REQUEST_ID_HEADER
 from gateway.http.relay import StreamRelay, error_event
-from gateway.http.validation import parse_chat_request, read_body
+from gateway.http.validation import parse_chat_request
 from gateway.protocol import ChatCompletionRequest, StreamOptions, Usage
 from gateway.routing.decide import Decision, RoutingRequest, decide
 from gateway.routing.policy import Policy
 from gateway.sessions.conversation import Conversation
 from gateway.state import STATE, GatewayState
+from gateway.telemetry import decision_attributes, passthrough_headers, record_answer, record_route
 from gateway.upstream.completion import complete_answer
 from gateway.upstream.continuation import Answer
 from gateway.upstream.forward import AttemptPlan
@@ -46,22 +49,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     if conversation is not None:
         chat = conversation.request_body(chat)  # stored turns in front: routing sees them too
-    decision = decide(
-        policy,
-        routing.classifier,
-        RoutingRequest(
-            messages=chat["messages"],
-            max_tokens=chat.get("max_tokens") or chat.get("max_completion_tokens"),
-            model=chat.get("model", "auto"),
-            headers=headers,
-        ),
-    )
+    with state.tracing.span("gateway.classify") as classify:
+        decision = decide(
+            policy,
+            routing.classifier,
+            RoutingRequest(
+                messages=chat["messages"],
+                max_tokens=chat.get("max_tokens") or chat.get("max_completion_tokens"),
+                model=chat.get("model", "auto"),
+                headers=headers,
+            ),
+        )
+        if classify.is_recording():
+            classify.set_attributes(decision_attributes(decision, routing.classifier.name))
+    record_route(trace.get_current_span(), decision)
     state.metrics.route_decisions.labels(decision.tier, decision.reason_kind).inc()
+    upstream_headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]}
+    if not state.tracing.enabled:
+        passthrough_headers(headers, upstream_headers)  # with tracing on, each attempt injects
     plan = AttemptPlan(
         tier=decision.tier,
         body=chat,
         pinned_model=decision.model,
-        headers={"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]},
+        headers=upstream_headers,
         session_key=conversation.session_id if conversation else None,
         for_tier=conversation.body_for if conversation else None,
     )
@@ -85,6 +95,9 @@ async def _complete(
         )
     except Exception:
         state.metrics.requests.labels(decision.tier, "error").inc()
+        record_answer(
+            trace.get_current_span(), tier=None, node=None, failures=plan.failures, outcome="error"
+        )
         raise
     lease, payload = done.lease, done.payload
     try:
@@ -92,6 +105,13 @@ async def _complete(
         for part_tier, usage in done.usage_by_tier:
             _account(state, part_tier, usage)
         state.metrics.requests.labels(tier, "ok").inc()
+        record_answer(
+            trace.get_current_span(),
+            tier=tier,
+            node=lease.node.name,
+            failures=plan.failures,
+            outcome="ok",
+        )
         state.metrics.duration_s.labels(tier).observe(time.perf_counter() - started)
         if conversation is not None:
             await conversation.record_completion(payload, tier)  # before the client can go on
@@ -124,17 +144,23 @@ async def _stream(
         )
     except Exception:
         state.metrics.requests.labels(decision.tier, "error").inc()
+        record_answer(
+            trace.get_current_span(), tier=None, node=None, failures=plan.failures, outcome="error"
+        )
         raise
     outcome = "error"
+    first_token_s = time.perf_counter() - started
     try:
         assert answer.lease is not None
         tier = answer.node.tier
-        state.metrics.first_token_s.labels(tier).observe(time.perf_counter() - started)
+        state.metrics.first_token_s.labels(tier).observe(first_token_s)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",
+                # The middleware adds it to prepared-later responses only; this one is sent here.
+                REQUEST_ID_HEADER: request[REQUEST_ID],
                 **_headers(decision, plan, answer.lease, conversation),
             }
         )
@@ -165,6 +191,15 @@ async def _stream(
                 _account(state, part_tier, usage)
         state.metrics.requests.labels(answer.node.tier, outcome).inc()
         state.metrics.duration_s.labels(answer.node.tier).observe(time.perf_counter() - started)
+        record_answer(
+            trace.get_current_span(),
+            tier=answer.node.tier,
+            node=answer.node.name,
+            failures=plan.failures,
+            outcome=outcome,
+            time_to_first_token_s=first_token_s,
+            continuations=len(answer.segments) - 1,
+        )
 
 
 def _deadline(policy: Policy, started: float) -> float:

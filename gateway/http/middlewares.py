@@ -1,20 +1,28 @@
-"""Request ids, API keys, and the one place where exceptions become HTTP responses."""
+"""Request ids, traces and access logs, API keys, and the one place where exceptions
+become HTTP responses."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from gateway.errors import GatewayError, Unauthorized
+from gateway.logs import request_id_var
 from gateway.protocol import error_body
 from gateway.state import STATE
+from gateway.telemetry import server_span
 
 log = logging.getLogger("gateway.http")
+access_log = logging.getLogger("gateway.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -33,19 +41,124 @@ def error_response(exc: GatewayError, request_id: str) -> web.Response:
     )
 
 
+def request_id_of(request: web.Request) -> str:
+    """The client's ``x-request-id`` when it is usable, else a new one."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    return incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+
+
+@web.middleware
+async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request id (and its log context), the request's server span continuing the
+    caller's ``traceparent``, and one access log line. Outermost: it sees the final status.
+
+    Probes (``/healthz``, ``/readyz``, ``/metrics``) get no span, and their access line is
+    logged at DEBUG: a scraper every few seconds would drown the requests that matter.
+    """
+    request_id = request_id_of(request)
+    request[REQUEST_ID] = request_id
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    try:
+        tracing = request.app[STATE].tracing
+        probe = request.path in _PUBLIC_PATHS
+        if probe or not tracing.enabled:
+            return await _observed(request, handler, started, trace.INVALID_SPAN, probe)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else None
+        attributes: dict[str, AttributeValue] = {
+            "http.request.method": request.method,
+            "url.path": request.path,
+            "url.scheme": request.scheme,
+            "gateway.request_id": request_id,
+        }
+        if route is not None:
+            attributes["http.route"] = route
+        if request.remote:
+            attributes["client.address"] = request.remote
+        agent = request.headers.get("User-Agent")
+        if agent:
+            attributes["user_agent.original"] = agent
+        name = f"{request.method} {route}" if route is not None else request.method
+        with server_span(
+            tracing, name=name, headers=request.headers, attributes=attributes
+        ) as span:
+            return await _observed(request, handler, started, span, probe)
+    finally:
+        request_id_var.reset(token)
+
+
+async def _observed(
+    request: web.Request, handler: Handler, started: float, span: Span, probe: bool
+) -> web.StreamResponse:
+    status: int | None = None  # stays None when the client went away (handler cancelled)
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # redirects, which the errors middleware lets through
+        status = exc.status
+        raise
+    finally:
+        metrics = request.app[STATE].metrics
+        resource = request.match_info.route.resource
+        metrics.http_responses.labels(
+            resource.canonical if resource is not None else "unmatched",
+            str(status) if status is not None else "disconnected",
+        ).inc()
+        if span.is_recording():
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+            else:
+                span.set_attribute("gateway.client_disconnected", True)
+        level = logging.DEBUG if probe else logging.INFO
+        if access_log.isEnabledFor(level):
+            duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            headers = response.headers if response is not None else {}
+            tier, node = headers.get("x-gateway-tier"), headers.get("x-gateway-node")
+            shown = status if status is not None else "disconnected"
+            access_log.log(
+                level,
+                "%s %s %s %.1f ms%s",
+                request.method,
+                request.path,
+                shown,
+                duration_ms,
+                f" {tier}/{node}" if tier else "",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "tier": tier,
+                    "node": node,
+                },
+            )
+
+
+def _error_on_span(code: str, status: int) -> None:
+    """Name the failure on the request's span (a no-op one when tracing is off)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("gateway.error.code", code)
+        if status >= 500:
+            span.set_attribute("error.type", code)
+
+
 @web.middleware
 async def request_id_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id and turn every failure into an OpenAI-style error body."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = (
-        incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
-    )
+    request_id = request.get(REQUEST_ID) or request_id_of(request)
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("request %s failed: %s", request_id, exc.message)
+        _error_on_span(exc.code, exc.status)
         return error_response(exc, request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -67,6 +180,7 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
     except Exception:
         # The outermost boundary: log with the traceback, answer without it.
         log.exception("request %s: unexpected error", request_id)
+        _error_on_span("internal_error", 500)
         return web.Response(
             status=500,
             body=json.dumps(

@@ -27,6 +27,7 @@ from gateway.sessions.keys import SESSION_HEADER, check_session_id
 from gateway.sessions.spool import PendingAppend, Spool
 from gateway.sessions.store import SessionStore, StoreRejected, StoreUnavailable
 from gateway.sessions.turns import StoredTurn, messages_of, turn_of
+from gateway.telemetry import Tracing, disabled_tracing
 
 log = logging.getLogger("gateway.sessions")
 
@@ -53,10 +54,12 @@ class SessionService:
         store: SessionStore | None,
         spec: Callable[[], SessionsSpec],
         metrics: GatewayMetrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
         self.spec = spec
         self.metrics = metrics
+        self.tracing = tracing if tracing is not None else disabled_tracing()
         self.spool = Spool(spec().spool_max_turns)
         self.available = store is not None
         """Last known state of the store; False from a failed call until a ping succeeds."""
@@ -106,14 +109,34 @@ class SessionService:
         warning: SessionWarning | None = None
         known = True
         stored: list[StoredTurn] = []
-        if self.store is None:
-            warning = "sessions-disabled"
-        else:
-            try:
-                stored = await self._load(session_id, spec)
-            except StoreUnavailable:
-                warning, known = "store-unavailable", False
-                stored = self.spool.pending_for(session_id)[0]
+        with self.tracing.span("gateway.session.load") as span:
+            outcome = "ok"
+            if self.store is None:
+                warning, outcome = "sessions-disabled", "disabled"
+            else:
+                was_available = self.available
+                try:
+                    stored = await self._load(session_id, spec)
+                except StoreUnavailable as exc:
+                    warning, known = "store-unavailable", False
+                    stored = self.spool.pending_for(session_id)[0]
+                    # skipped: the store was known to be down and was not asked at all
+                    outcome = (
+                        "rejected"
+                        if isinstance(exc, StoreRejected)
+                        else "unavailable"
+                        if was_available
+                        else "skipped"
+                    )
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "gen_ai.conversation.id": session_id,
+                        "gateway.session.present": bool(stored),
+                        "gateway.session.turns": len(stored),
+                        "gateway.session.store": outcome,
+                    }
+                )
         # A retry of this request sees what the first attempt saw, not its own turns.
         stored = [turn for turn in stored if turn.get("request_id") != request_id]
         # The max_turns cap can cut a pair in two; chat templates that insist on starting
@@ -161,6 +184,28 @@ class SessionService:
         store = self.store
         if store is None:
             return
+        with self.tracing.span("gateway.session.append") as span:
+            outcome, turns = await self._append(store, conversation, reply, tier, model)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "gen_ai.conversation.id": conversation.session_id,
+                        "gateway.session.turns": turns,
+                        "gateway.session.store": outcome,
+                        "gateway.session.replace": conversation.merged.replace,
+                    }
+                )
+
+    async def _append(
+        self,
+        store: SessionStore,
+        conversation: Conversation,
+        reply: ChatMessage,
+        tier: Tier,
+        model: str | None,
+    ) -> tuple[str, int]:
+        """Write (or spool) the turns; returns (``ok``, ``duplicate``, ``rejected`` or
+        ``spooled``, the number of turns)."""
         spec = conversation.policy.sessions
         now = time.time()
         rid = conversation.request_id
@@ -175,16 +220,17 @@ class SessionService:
         if self.available and not self.spool:
             started = time.perf_counter()
             try:
-                await self._write(store, entry, spec)
+                written = await self._write(store, entry, spec)
             except StoreRejected as exc:
                 self._rejected(exc, dropped=len(entry.turns))
-                return
+                return "rejected", len(entry.turns)
             except StoreUnavailable as exc:
                 self._failed(exc)
             else:
                 self.metrics.session_store_s.labels("append").observe(time.perf_counter() - started)
-                return
+                return ("ok" if written else "duplicate"), len(entry.turns)
         self._spool(entry, spec)
+        return "spooled", len(entry.turns)
 
     def _count_dropped(self, tier: Tier, dropped: int) -> None:
         self.metrics.session_context_dropped.labels(tier).inc(dropped)

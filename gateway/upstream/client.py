@@ -26,6 +26,7 @@ from gateway.errors import (
 )
 from gateway.protocol import ErrorBody, error_body
 from gateway.routing.policy import Timeouts
+from gateway.telemetry import NO_ATTEMPT, AttemptSpan
 from gateway.upstream.chunks import has_output, parse_chunk
 from gateway.upstream.pool import Node
 from gateway.upstream.retry import parse_retry_after
@@ -45,9 +46,12 @@ class UpstreamStream:
     head: tuple[bytes, ...]
     rest: AsyncIterator[bytes]
     response: aiohttp.ClientResponse
+    attempt: AttemptSpan = NO_ATTEMPT
+    """This attempt's span; whoever reads the stream records how it ended."""
 
     def close(self) -> None:
         self.response.close()
+        self.attempt.end()  # a backstop: ending an ended span does nothing
 
 
 @contextmanager
@@ -134,14 +138,12 @@ async def open_stream(
                     event = await anext(events, None)
                     if event is None or event == DONE:
                         raise UpstreamProtocolError(
-                            f"{node.tier} node {node.name}: the stream ended before the "
-                            "first token"
+                            f"{node.tier} node {node.name}: the stream ended before the first token"
                         )
                     chunk = parse_chunk(event)
                     if chunk is None:
                         raise UpstreamProtocolError(
-                            f"{node.tier} node {node.name}: malformed event before the "
-                            "first token"
+                            f"{node.tier} node {node.name}: malformed event before the first token"
                         )
                     head.append(event)
                     if has_output(chunk):

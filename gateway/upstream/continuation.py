@@ -43,6 +43,7 @@ from gateway.errors import (
 from gateway.protocol import ChatCompletionRequest, ChatMessage, Tier, Usage
 from gateway.routing.policy import Policy
 from gateway.routing.tokens import count_tokens
+from gateway.telemetry import AttemptSpan
 from gateway.upstream.chunks import (
     AnswerState,
     Chunk,
@@ -226,6 +227,9 @@ class Answer:
     def close(self) -> None:
         """Release the current upstream; safe to call more than once."""
         if self._upstream is not None:
+            # Still open here means nobody finished it: the client left, or the answer
+            # was given up. An attempt that ended already ignores this.
+            self._upstream.attempt.fail("cancelled")
             self._upstream.close()
             self._upstream = None
         if self.lease is not None:
@@ -346,6 +350,24 @@ class Answer:
                 self._pending.append(json.dumps(chunk, separators=(",", ":")).encode())
         self._pending.append(DONE)
         self._ended = True
+        if self._upstream is not None:
+            self._trace_segment(segment, self._upstream.attempt)
+            self._upstream.attempt.end()
+
+    @staticmethod
+    def _trace_segment(segment: Segment, attempt: AttemptSpan) -> None:
+        """What this attempt produced, on its span."""
+        if not attempt.recording:
+            return
+        state = segment.state
+        attempt.response(
+            model=state.model,
+            response_id=state.id,
+            finish_reasons=[state.finish_reason] if state.finish_reason else [],
+            usage=segment.usage,
+            usage_estimated=segment.usage_estimated,
+            output_text="".join(state.text),
+        )
 
     def _estimate_missing_usage(self) -> Usage | None:
         segment = self.segments[-1]
@@ -408,6 +430,9 @@ class Answer:
         else:
             segment.usage = self._estimated_usage(segment)
             segment.usage_estimated = True
+        if self._upstream is not None:
+            self._trace_segment(segment, self._upstream.attempt)
+            self._upstream.attempt.fail(reason)
         self._broken_nodes.add(self.node.name)
         self.plan.failures.append(Failure(tier=self.node.tier, node=self.node.name, reason=reason))
         self.close()
@@ -463,6 +488,7 @@ class Answer:
                     deadline=self.deadline,
                     exclude=frozenset(self._broken_nodes),
                     body_for=body_for,
+                    continuation=True,
                 )
             except UpstreamClientError as exc:
                 node, form = asked[-1]
@@ -478,6 +504,8 @@ class Answer:
             break
         node, form = asked[-1]
         self._count(broken, node, form, "ok")
+        upstream.attempt.set("gateway.continuation.form", form)
+        upstream.attempt.set("gateway.continuation.of", broken.name)
         self.lease, self._upstream, self.node = lease, upstream, lease.node
         self._head = collections.deque(upstream.head)
         self.segments.append(Segment(tier=node.tier, node=node.name, form=form))
@@ -497,6 +525,8 @@ class Answer:
     def _fail_without_continuation(self, reason: str, error: GatewayError) -> None:
         if reason == "deadline":
             self.segments[-1].broke = reason
+            if self._upstream is not None:
+                self._upstream.attempt.fail("deadline")
             self.close()
         self.error = error
         self._ended = True

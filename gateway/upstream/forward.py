@@ -24,6 +24,7 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, Tier
 from gateway.routing.policy import Policy
+from gateway.telemetry import NO_ATTEMPT, AttemptSpan, Tracing, disabled_tracing
 from gateway.upstream import client
 from gateway.upstream.circuit import CircuitState
 from gateway.upstream.pool import Lease, Node, NodePool
@@ -68,11 +69,18 @@ class AttemptPlan:
 
 class Forwarder:
     def __init__(
-        self, pool: NodePool, session: aiohttp.ClientSession, metrics: GatewayMetrics
+        self,
+        pool: NodePool,
+        session: aiohttp.ClientSession,
+        metrics: GatewayMetrics,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         self.pool = pool
         self.session = session
         self.metrics = metrics
+        self.tracing = tracing if tracing is not None else disabled_tracing()
+        """Each attempt is a GenAI CLIENT span whose context the node gets as traceparent."""
         self.prefill_rejected: set[str] = set()
         """Nodes that answered a prefill continuation with a 4xx: asked in words next time."""
         self.jitter: Jitter | None = None
@@ -85,10 +93,17 @@ class Forwarder:
         (event-loop time; default: the policy's total deadline from now)."""
         timeouts = policy.fallback.timeouts
 
-        async def call(node: Node, body: bytes) -> bytes:
+        async def call(node: Node, body: bytes, attempt: AttemptSpan) -> bytes:
             _, payload, _ = await client.post_chat(
-                self.session, node, body, headers=plan.headers, timeouts=timeouts, deadline=deadline
+                self.session,
+                node,
+                body,
+                headers=attempt.headers(plan.headers),
+                timeouts=timeouts,
+                deadline=deadline,
             )
+            attempt.completion_payload(payload)
+            attempt.end()
             return payload
 
         return await self._attempts(policy, plan, call, deadline=deadline)
@@ -101,30 +116,46 @@ class Forwarder:
         deadline: float | None = None,
         exclude: frozenset[str] = frozenset(),
         body_for: Callable[[Node], bytes] | None = None,
+        continuation: bool = False,
     ) -> tuple[Lease, client.UpstreamStream]:
         """An upstream stream whose first token has arrived, from the first node that gives
         one. ``exclude`` names nodes not to ask; ``body_for`` replaces ``plan.encode_for``
-        (a continuation's body depends on what the node can do)."""
+        (a continuation's body depends on what the node can do). The stream's ``attempt``
+        span is still open: the caller ends it with the attempt."""
         timeouts = policy.fallback.timeouts
 
-        async def call(node: Node, body: bytes) -> client.UpstreamStream:
-            return await client.open_stream(
-                self.session, node, body, headers=plan.headers, timeouts=timeouts, deadline=deadline
+        async def call(node: Node, body: bytes, attempt: AttemptSpan) -> client.UpstreamStream:
+            upstream = await client.open_stream(
+                self.session,
+                node,
+                body,
+                headers=attempt.headers(plan.headers),
+                timeouts=timeouts,
+                deadline=deadline,
             )
+            upstream.attempt = attempt
+            return upstream
 
         return await self._attempts(
-            policy, plan, call, deadline=deadline, exclude=exclude, body_for=body_for
+            policy,
+            plan,
+            call,
+            deadline=deadline,
+            exclude=exclude,
+            body_for=body_for,
+            continuation=continuation,
         )
 
     async def _attempts(
         self,
         policy: Policy,
         plan: AttemptPlan,
-        call: Callable[[Node, bytes], Awaitable[T]],
+        call: Callable[[Node, bytes, AttemptSpan], Awaitable[T]],
         *,
         deadline: float | None = None,
         exclude: frozenset[str] = frozenset(),
         body_for: Callable[[Node], bytes] | None = None,
+        continuation: bool = False,
     ) -> tuple[Lease, T]:
         spec = policy.fallback
         loop = asyncio.get_running_loop()
@@ -142,6 +173,7 @@ class Forwarder:
         tier_index = 0
         again: Lease | None = None  # a node to retry, its slot still held
         while attempts < spec.max_attempts and loop.time() < deadline:
+            retry = again is not None
             if again is not None:
                 lease, again = again, None
             else:
@@ -163,9 +195,28 @@ class Forwarder:
             node = lease.node
             tier = node.tier
             attempts += 1
+            attempt = (
+                self.tracing.attempt(
+                    tier=tier,
+                    node=node.name,
+                    model=node.spec.model,
+                    url=node.spec.url,
+                    max_tokens=plan.body.get("max_tokens")
+                    or plan.body.get("max_completion_tokens"),
+                    conversation_id=plan.session_key,
+                    number=attempts,
+                    retry=retry,
+                    continuation=continuation,
+                )
+                if self.tracing.enabled
+                else NO_ATTEMPT
+            )
             try:
-                result = await call(node, encode(node))
+                body = encode(node)
+                attempt.request_body(body)
+                result = await call(node, body, attempt)
             except UpstreamError as exc:
+                attempt.fail(exc.kind, status_code=_upstream_status(exc))
                 if isinstance(exc, UpstreamRateLimited):
                     # Throttling is not a fault: the node answered, it wants us to slow down.
                     node.breaker.release_probe()
@@ -201,6 +252,11 @@ class Forwarder:
                 tried.add(node.name)
                 continue
             except UpstreamClientError as exc:
+                code = exc.upstream_body["error"].get("code")
+                attempt.fail(
+                    "context_length" if code == CONTEXT_LENGTH_EXCEEDED else "client_error",
+                    status_code=exc.upstream_status,
+                )
                 lease.release()
                 node.breaker.record_success()  # it answered: the node is fine, the request isn't
                 self.metrics.attempts.labels(tier, node.name, "client_error").inc()
@@ -219,7 +275,9 @@ class Forwarder:
                     last_error = exc
                     continue
                 raise
-            except BaseException:
+            except BaseException as exc:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                attempt.fail("cancelled" if cancelled else type(exc).__qualname__)
                 lease.release()
                 node.breaker.release_probe()
                 raise
@@ -242,3 +300,11 @@ class Forwarder:
             f"No upstream could serve the request ({detail}). Retry later.",
             retry_after_s=retry_after_s,
         ) from last_error
+
+
+def _upstream_status(exc: UpstreamError) -> int | None:
+    """The node's HTTP status behind a failure, when it answered with one."""
+    status = getattr(exc, "upstream_status", None)
+    if isinstance(status, int):
+        return status
+    return exc.status if isinstance(exc, UpstreamOverloaded) else None

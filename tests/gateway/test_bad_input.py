@@ -116,11 +116,14 @@ OK_MESSAGES = [{"role": "user", "content": "hi"}]
 )
 async def test_bad_bodies(gateway, body: bytes, status: int, code: str, param: str | None) -> None:
     gateway, edge = gateway
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/chat/completions",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.url + "/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as response,
+    ):
         assert response.status == status
         payload = await response.json()
     assert payload["error"]["code"] == code
@@ -133,9 +136,12 @@ async def test_bad_bodies(gateway, body: bytes, status: int, code: str, param: s
 async def test_deeply_nested_json_under_the_size_limit_is_a_400(upstreams, make_gateway) -> None:
     edge = await upstreams("edge-model")
     gateway = await make_gateway(policy_yaml([(edge.url, "edge-model")], []), health_checks=False)
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/chat/completions", data=b"[" * 200_000 + b"]" * 200_000
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.url + "/v1/chat/completions", data=b"[" * 200_000 + b"]" * 200_000
+        ) as response,
+    ):
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "invalid_json"
 
@@ -165,11 +171,14 @@ async def test_unknown_path_and_method_are_openai_style(gateway) -> None:
 
 async def test_bad_tier_header_is_400(gateway) -> None:
     gateway, _ = gateway
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/chat/completions",
-        json={"messages": OK_MESSAGES},
-        headers={"x-gateway-tier": "moon"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.url + "/v1/chat/completions",
+            json={"messages": OK_MESSAGES},
+            headers={"x-gateway-tier": "moon"},
+        ) as response,
+    ):
         assert response.status == 400
         assert (await response.json())["error"]["param"] == "x-gateway-tier"
 
@@ -193,7 +202,8 @@ async def test_multipart_content_and_assistant_tool_calls_are_accepted(gateway) 
         },
         {"role": "tool", "tool_call_id": "t", "content": "42"},
     ]
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/chat/completions", json={"messages": messages}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gateway.url + "/v1/chat/completions", json={"messages": messages}) as response,
+    ):
         assert response.status == 200

@@ -83,10 +83,13 @@ async def test_stream_is_relayed_as_it_arrives_not_buffered(upstreams, make_gate
     edge = await upstreams("edge-model")
     edge.script.chunk_delay_s = 0.3
     gateway = await make_gateway(policy_yaml([(edge.url, "edge-model")], []))
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/chat/completions",
-        json={"model": "auto", "messages": SIMPLE, "stream": True},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "auto", "messages": SIMPLE, "stream": True},
+        ) as response,
+    ):
         assert response.headers["Content-Type"].startswith("text/event-stream")
         loop = __import__("asyncio").get_running_loop()
         start = loop.time()
@@ -101,10 +104,13 @@ async def test_stream_is_relayed_as_it_arrives_not_buffered(upstreams, make_gate
 
 async def test_unknown_fields_pass_through_untouched(two_tiers) -> None:
     edge, _, gateway = two_tiers
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/chat/completions",
-        json={"messages": SIMPLE, "logit_bias": {"50256": -100}, "vendor_knob": [1, 2]},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.url + "/v1/chat/completions",
+            json={"messages": SIMPLE, "logit_bias": {"50256": -100}, "vendor_knob": [1, 2]},
+        ) as response,
+    ):
         assert response.status == 200
     assert edge.seen[0].body["logit_bias"] == {"50256": -100}
     assert edge.seen[0].body["vendor_knob"] == [1, 2]

@@ -138,9 +138,10 @@ async def test_nothing_can_serve_gives_503_with_retry_after(make_gateway) -> Non
     gateway = await make_gateway(
         policy_yaml([(dead_edge, "e")], [(dead_cloud, "c")]), health_checks=False
     )
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}) as response,
+    ):
         body = await response.json()
         assert response.status == 503
         assert response.headers["Retry-After"] == "2"

@@ -16,9 +16,10 @@ SIMPLE = [{"role": "user", "content": "hi"}]
 
 
 async def _tier_of(gateway) -> str:
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}) as response,
+    ):
         assert response.status == 200
         return response.headers["x-gateway-tier"]
 

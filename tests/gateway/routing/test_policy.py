@@ -110,3 +110,18 @@ def test_duplicate_node_names_are_rejected() -> None:
 def test_unreadable_file_is_a_policy_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read"):
         load_policy(tmp_path / "missing.yaml")
+
+
+def test_the_readme_policy_reference_is_a_valid_policy() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The routing policy", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy(block, source="README.md")
+    assert policy.fallback.max_retry_wait_s == 5
+    assert policy.sessions.safety_margin == 0.1
+    assert [rule.reason for rule in policy.routing.rules] == [
+        "long-prompt",
+        "free-plan",
+        "long-answer",
+        "deep-conversation",
+    ]
