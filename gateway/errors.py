@@ -9,7 +9,6 @@
     │   ├── InvalidRequest (400 invalid_request, names the param)
     │   ├── Unauthorized (401 invalid_api_key)
     │   ├── ModelNotFound (404 model_not_found)
-    │   ├── PinningNotAllowed (403 tier_pinning_disabled)
     │   └── UpstreamClientError (the upstream's 4xx, passed on)
     ├── UpstreamError (502 upstream_error)          one attempt failed: may fail over
     │   ├── UpstreamConnectError (502 upstream_connect_error)
@@ -79,12 +78,6 @@ class Unauthorized(ClientError):
 class ModelNotFound(ClientError):
     status = 404
     code = "model_not_found"
-
-
-class PinningNotAllowed(ClientError):
-    status = 403
-    code = "tier_pinning_disabled"
-    type = "permission_error"
 
 
 class UpstreamClientError(ClientError):
@@ -187,7 +180,6 @@ __all__ = [
     "InvalidRequest",
     "ModelNotFound",
     "NoCapacity",
-    "PinningNotAllowed",
     "Unauthorized",
     "UpstreamClientError",
     "UpstreamConnectError",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
@@ -223,15 +222,6 @@ def _headers(
     if conversation is not None:
         headers.update(conversation.response_headers(node.tier))
     return headers
-
-
-def _usage_of(payload: bytes) -> Usage | None:
-    try:
-        parsed = json.loads(payload)
-    except ValueError:
-        return None
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    return usage if isinstance(usage, dict) else None  # type: ignore[return-value]
 
 
 def _account(state: GatewayState, tier: str, usage: Usage | None) -> None:

@@ -10,26 +10,16 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar, cast, get_args
+from typing import Final, cast, get_args
 
 from gateway.errors import FailureKind
 from gateway.protocol import TIERS, Tier
 from gateway.routing.classifier import ClassifierKind
-from gateway.routing.yaml_lines import LocatedDocument, YAMLSyntaxError, load_located
+from gateway.routing.policy_reader import PolicyError, PolicyReader
+from gateway.routing.yaml_lines import YAMLSyntaxError, load_located
 
 POLICY_VERSION: Final = 1
 FAILURE_KINDS: Final[tuple[str, ...]] = get_args(FailureKind)
-
-
-class PolicyError(ValueError):
-    """A policy file that cannot be used; names the file, key and line."""
-
-    def __init__(self, message: str, *, key: str, line: int | None, source: str) -> None:
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {key or '<document>'}: {message}")
-        self.key = key
-        self.line = line
-        self.source = source
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,104 +153,13 @@ class Policy:
         return dataclasses.replace(self, tiers=tiers)
 
 
-T = TypeVar("T")
-
-
-class _Reader:
-    """Walks the located document, type-checking values and rejecting unknown keys."""
-
-    def __init__(self, doc: LocatedDocument, source: str) -> None:
-        self.doc = doc
-        self.source = source
-
-    def fail(self, path: str, message: str) -> PolicyError:
-        return PolicyError(message, key=path, line=self.doc.line_of(path), source=self.source)
-
-    def mapping(self, value: object, path: str, allowed: Sequence[str]) -> Mapping[str, object]:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"must be a mapping, got {_kind(value)}")
-        for key in value:
-            if key not in allowed:
-                raise self.fail(
-                    _join(path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})"
-                )
-        return cast(Mapping[str, object], value)
-
-    def number(
-        self,
-        m: Mapping[str, object],
-        path: str,
-        key: str,
-        default: float,
-        *,
-        low: float = 0.0,
-        high: float = float("inf"),
-        integer: bool = False,
-    ) -> float:
-        value = m.get(key, default)
-        where = _join(path, key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(where, f"must be a number, got {_kind(value)}")
-        if integer and not isinstance(value, int):
-            raise self.fail(where, f"must be an integer, got {value!r}")
-        if not low <= value <= high:
-            raise self.fail(where, f"must be between {low:g} and {high:g}, got {value!r}")
-        return value
-
-    def integer(
-        self,
-        m: Mapping[str, object],
-        path: str,
-        key: str,
-        default: int,
-        *,
-        low: int = 1,
-        high: float = float("inf"),
-    ) -> int:
-        return int(self.number(m, path, key, default, low=low, high=high, integer=True))
-
-    def boolean(self, m: Mapping[str, object], path: str, key: str, default: bool) -> bool:
-        value = m.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(_join(path, key), f"must be true or false, got {_kind(value)}")
-        return value
-
-    def string(
-        self, m: Mapping[str, object], path: str, key: str, default: str | None = None
-    ) -> str:
-        value = m.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(_join(path, key), f"must be a non-empty string, got {_kind(value)}")
-        return value
-
-    def choice(
-        self,
-        m: Mapping[str, object],
-        path: str,
-        key: str,
-        options: Sequence[T],
-        default: T | None = None,
-    ) -> T:
-        value = m.get(key, default)
-        if value not in options:
-            allowed = ", ".join(str(o) for o in options)
-            raise self.fail(_join(path, key), f"must be one of {allowed}, got {value!r}")
-        return cast(T, value)
-
-    def listing(self, m: Mapping[str, object], path: str, key: str) -> list[object]:
-        value = m.get(key, [])
-        if not isinstance(value, list):
-            raise self.fail(_join(path, key), f"must be a list, got {_kind(value)}")
-        return value
-
-
 def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
     """Parse and validate policy YAML; raises :class:`PolicyError`."""
     try:
         doc = load_located(text)
     except YAMLSyntaxError as exc:
         raise PolicyError(f"invalid YAML: {exc}", key="", line=exc.line, source=source) from exc
-    r = _Reader(doc, source)
+    r = PolicyReader(doc, source)
     top = r.mapping(
         doc.data, "", ("version", "tiers", "routing", "fallback", "health", "sessions", "limits")
     )
@@ -308,7 +207,7 @@ def load_policy(path: Path) -> Policy:
     return policy
 
 
-def _tier(r: _Reader, value: object, path: str, name: Tier) -> TierSpec:
+def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
     m = r.mapping(value, path, ("context_window", "nodes", "max_concurrency_per_node"))
     per_node = r.integer(m, path, "max_concurrency_per_node", 16)
     nodes: list[NodeSpec] = []
@@ -340,7 +239,7 @@ def _tier(r: _Reader, value: object, path: str, name: Tier) -> TierSpec:
     )
 
 
-def _routing(r: _Reader, value: object) -> RoutingSpec:
+def _routing(r: PolicyReader, value: object) -> RoutingSpec:
     path = "routing"
     m = r.mapping(value, path, ("cloud_above", "rules", "allow_pinning", "classifier"))
     rules = tuple(
@@ -359,7 +258,7 @@ def _routing(r: _Reader, value: object) -> RoutingSpec:
     )
 
 
-def _rule(r: _Reader, value: object, path: str) -> Rule:
+def _rule(r: PolicyReader, value: object, path: str) -> Rule:
     m = r.mapping(value, path, ("when", "tier", "reason"))
     when = r.mapping(
         m.get("when", {}),
@@ -390,7 +289,7 @@ def _rule(r: _Reader, value: object, path: str) -> Rule:
     )
 
 
-def _fallback(r: _Reader, value: object) -> FallbackSpec:
+def _fallback(r: PolicyReader, value: object) -> FallbackSpec:
     path = "fallback"
     m = r.mapping(
         value,
@@ -459,7 +358,7 @@ def _fallback(r: _Reader, value: object) -> FallbackSpec:
     )
 
 
-def _health(r: _Reader, value: object) -> HealthSpec:
+def _health(r: PolicyReader, value: object) -> HealthSpec:
     path = "health"
     m = r.mapping(
         value, path, ("interval_s", "timeout_s", "failure_threshold", "open_s", "load_interval_s")
@@ -473,7 +372,7 @@ def _health(r: _Reader, value: object) -> HealthSpec:
     )
 
 
-def _sessions(r: _Reader, value: object) -> SessionsSpec:
+def _sessions(r: PolicyReader, value: object) -> SessionsSpec:
     path = "sessions"
     m = r.mapping(
         value,
@@ -508,17 +407,21 @@ def _default_node_name(tier: Tier, url: str) -> str:
     return f"{tier}@{host}"
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"boolean {value}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
+__all__ = [
+    "FAILURE_KINDS",
+    "POLICY_VERSION",
+    "ClassifierSpec",
+    "ContinuationSpec",
+    "FallbackSpec",
+    "HealthSpec",
+    "NodeSpec",
+    "Policy",
+    "PolicyError",
+    "RoutingSpec",
+    "Rule",
+    "SessionsSpec",
+    "TierSpec",
+    "Timeouts",
+    "load_policy",
+    "parse_policy",
+]

@@ -83,9 +83,6 @@ class NodePool:
     def nodes(self, tier: Tier) -> list[Node]:
         return self._nodes[tier]
 
-    def has_capacity(self, tier: Tier) -> bool:
-        return any(n.usable() for n in self._nodes[tier])
-
     def ready(self) -> bool:
         return any(n.healthy and n.breaker.state is not CircuitState.OPEN for n in self.all_nodes())
 

@@ -17,17 +17,7 @@ from edge_node.app import create_app
 from edge_node.keys import METRICS
 from edge_node.model import ModelLoader, load_model
 from edge_node.settings import Settings, default_model_path
-from tests.fixtures import edge as edge_fixtures
 from tests.fixtures.edge import EDGE_TEST_N_THREADS
-
-EDGE_FIXTURE_PLUGIN = "tests.fixtures.edge"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Only the root conftest may declare pytest_plugins; register the subprocess
-    # fixture here unless the root conftest already did.
-    if not config.pluginmanager.has_plugin(EDGE_FIXTURE_PLUGIN):
-        config.pluginmanager.register(edge_fixtures, EDGE_FIXTURE_PLUGIN)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
