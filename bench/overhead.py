@@ -130,6 +130,8 @@ tiers:
     nodes: []
 routing:
   classifier: {{kind: {classifier}}}
+fallback:
+  stream_internally: {stream_internally}
 """
 
 
@@ -195,7 +197,14 @@ async def wait_ready(url: str, timeout_s: float = 30) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     upstream_port = free_port()
     policy = Path(tempfile.mkdtemp()) / "bench-policy.yaml"
-    policy.write_text(POLICY.format(port=upstream_port, model=MODEL, classifier=args.classifier))
+    policy.write_text(
+        POLICY.format(
+            port=upstream_port,
+            model=MODEL,
+            classifier=args.classifier,
+            stream_internally="false" if args.plain_non_stream else "true",
+        )
+    )
     # Without --tracing the gateway runs as the environment says (OTEL_* included).
     configs: list[tuple[str, dict[str, str]]] = [("", {})]
     helpers = [[sys.executable, __file__, "--serve-upstream", str(upstream_port)]]
@@ -315,6 +324,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--classifier", default="heuristic", choices=["heuristic", "learned"])
     parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for the gateway")
+    parser.add_argument(
+        "--plain-non-stream",
+        action="store_true",
+        help="policy fallback.stream_internally: false (non-streaming requests are relayed as "
+        "one JSON answer instead of being fetched as streams and assembled)",
+    )
     parser.add_argument(
         "--tracing",
         action="store_true",
