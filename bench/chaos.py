@@ -34,7 +34,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from _common import free_port  # bench/ is the script directory
 from aiohttp import web
 
 SCRIPT = Path(__file__).resolve()
@@ -142,12 +142,6 @@ async def _serve_cloud(port: int) -> None:
 
 
 # -- processes ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(slots=True)

@@ -27,6 +27,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import free_port, wait_ready  # noqa: E402  (bench/ is the script directory)
+
 from tests.fixtures.vllm import PROFILE, VLLM_PYTHON, vllm_env  # noqa: E402
 
 POLICY = """version: 1
@@ -38,28 +40,6 @@ tiers:
 routing: {{classifier: {{kind: heuristic}}}}
 """
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_ready(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(1)
-    raise RuntimeError(f"{url} not ready within {timeout_s} s")
 
 
 async def one_request(

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from _common import free_port, wait_ready  # bench/ is the script directory
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,12 +115,6 @@ def serve_otlp_sink(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 POLICY = """version: 1
 tiers:
   edge:
@@ -177,21 +171,6 @@ async def run_load(url: str, *, stream: bool, concurrency: int, requests: int) -
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
     return Result(latencies, wall)
-
-
-async def wait_ready(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} not ready after {timeout_s} s")
-            await asyncio.sleep(0.1)
 
 
 async def main_async(args: argparse.Namespace) -> None:

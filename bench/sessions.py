@@ -42,6 +42,8 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import wait_ready  # bench/ is the script directory
+
 from gateway.metrics import GatewayMetrics
 from gateway.routing.policy import SessionsSpec
 from gateway.sessions.service import SessionService
@@ -128,21 +130,6 @@ def serve_upstream(port: int) -> None:
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/health", health)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-async def wait_ready(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} not ready after {timeout_s} s")
-            await asyncio.sleep(0.1)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
