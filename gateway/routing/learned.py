@@ -28,6 +28,7 @@ from gateway.routing.features import (
     Features,
     extract_features,
 )
+from gateway.routing.tasks import TaskType, open_ended_task
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "complexity-v1.json"
 MODEL_FORMAT = "gateway.complexity-model/1"
@@ -111,6 +112,15 @@ class LearnedClassifier:
         parts = self.model.contributions(features)
         raw = self.model.intercept + math.fsum(parts.values())
         score = round(self.model.calibrate(raw), 4)
+        task = _open_ended_task(features)
+        if task is not None and task.floor > score:
+            # Outside the training distribution (no options): a documented prior decides.
+            signals = _signals(self.model, parts, features, towards_cloud=True)
+            return Complexity(
+                score=task.floor,
+                prompt_tokens=features.prompt_tokens,
+                signals=(task.label, *signals[: MAX_SIGNALS - 1]),
+            )
         return Complexity(
             score=score,
             prompt_tokens=features.prompt_tokens,
@@ -148,6 +158,18 @@ def _signals(
 
 
 _INDEX = {name: j for j, name in enumerate(FEATURE_NAMES)}
+_CHOICES = _INDEX["choices"]
+_CODE = _INDEX["code"]
+# The code feature counts 3 per ``` fence plus code words: a fenced block (two fences),
+# or about six code words, is code.
+_CODE_BLOCK = math.log1p(6)
+
+
+def _open_ended_task(features: Features) -> TaskType | None:
+    """The task type of a prompt without options (the training prompts all have them)."""
+    if features.values[_CHOICES] == features.values[_CHOICES]:  # not NaN: multiple choice
+        return None
+    return open_ended_task(features.words, has_code_block=features.values[_CODE] >= _CODE_BLOCK)
 
 
 def parse_model(doc: object, *, source: str) -> LinearComplexityModel:
