@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import free_port, wait_ready  # noqa: E402  (bench/ is the script directory)
 
+from scripts.stack.processes import stop_group  # noqa: E402
 from tests.fixtures.vllm import PROFILE, VLLM_PYTHON, vllm_env  # noqa: E402
 
 POLICY = """version: 1
@@ -181,13 +182,8 @@ def main() -> None:
         asyncio.run(run(args, vllm_url, gateway_url, model))
     finally:
         gateway.send_signal(signal.SIGTERM)
-        os.killpg(vllm.pid, signal.SIGTERM)
         gateway.wait(timeout=30)
-        try:
-            vllm.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(vllm.pid, signal.SIGKILL)
-            vllm.wait()
+        stop_group(vllm, timeout_s=30)
 
 
 if __name__ == "__main__":

@@ -75,18 +75,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         for_tier=conversation.body_for if conversation else None,
     )
     if chat.get("stream"):
-        return await _stream(request, state, decision, plan, started, conversation)
-    return await _complete(state, decision, plan, started, conversation)
+        return await _stream(request, state, policy, decision, plan, started, conversation)
+    return await _complete(state, policy, decision, plan, started, conversation)
 
 
 async def _complete(
     state: GatewayState,
+    policy: Policy,
     decision: Decision,
     plan: AttemptPlan,
     started: float,
     conversation: Conversation | None = None,
 ) -> web.Response:
-    policy = state.policies.current.policy
     try:
         # Simple requests are fetched as streams: deadlines and mid-answer recovery apply.
         done = await complete_answer(
@@ -126,12 +126,12 @@ async def _complete(
 async def _stream(
     request: web.Request,
     state: GatewayState,
+    policy: Policy,
     decision: Decision,
     plan: AttemptPlan,
     started: float,
     conversation: Conversation | None = None,
 ) -> web.StreamResponse:
-    policy = state.policies.current.policy
     options: StreamOptions = {**(plan.body.get("stream_options") or {})}
     relay = StreamRelay(client_wants_usage=bool(options.get("include_usage")))
     options["include_usage"] = True  # always, for accounting; the relay hides it if unwanted

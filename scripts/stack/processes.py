@@ -64,14 +64,14 @@ def spawn(
     return Service(name=name, process=process, log_path=log_path)
 
 
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, SIGKILL it after STOP_TIMEOUT_S, and reap the leader."""
+def stop_group(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the process group, SIGKILL it after ``timeout_s``, and reap the leader."""
     _signal_group(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _signal_group(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
+        process.wait(timeout=timeout_s)
     # Children that outlive their leader (vLLM's engine core mid-shutdown) go too.
     _signal_group(process.pid, signal.SIGKILL)
 
