@@ -1,14 +1,18 @@
 # The README's commands. Each does its own set-up, idempotently; a second run is fast.
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
+# The interpreter the virtual environments are made with (setup_venvs.sh reads it too).
+PYTHON ?= python3
 
-.PHONY: help setup test check lint format run bench clean
+.PHONY: help setup test check lint format run bench lock clean
 
 help:
 	@echo "make run     bring up the local stack (redis, edge node, cloud node, gateway)"
 	@echo "make test    lint, type-check and run the test suite (sets everything up first)"
 	@echo "make check   lint and type-check only"
 	@echo "make bench   run the benchmarks in bench/"
+	@echo "make lock    re-resolve locks/*.txt, the exact versions setup installs"
+	@echo "             (UPGRADE='pkg ...' moves only those packages); review the diff, make test"
 
 setup:
 	@scripts/setup_venvs.sh gateway vllm redis compose
@@ -30,6 +34,10 @@ run: setup
 
 bench: setup
 	$(PY) bench/overhead.py
+
+# Needs only $(PYTHON) and the package indexes; resolves in a throwaway venv, writes on success.
+lock:
+	$(PYTHON) -m scripts.lock $(if $(UPGRADE),--upgrade-package $(UPGRADE))
 
 clean:
 	rm -rf .venv .venv-vllm .pytest_cache .mypy_cache .ruff_cache .run

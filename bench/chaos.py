@@ -50,6 +50,8 @@ SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
 sys.path.insert(0, str(REPO))
 
+from scripts.stack.processes import die_with_parent  # noqa: E402
+
 EDGE_MODEL = "smollm2-135m-instruct"
 CLOUD_MODEL = "cloud-fake"
 CLOUD_TEXT = (
@@ -155,7 +157,12 @@ class Proc:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                self.argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+                self.argv,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ),
+                preexec_fn=die_with_parent(),  # no server outlives a killed benchmark
             )
 
     def kill(self) -> None:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from _common import free_port, wait_ready  # noqa: E402  (bench/ is the script directory)
 
-from scripts.stack.processes import stop_group  # noqa: E402
-from tests.fixtures.vllm import PROFILE, VLLM_PYTHON, vllm_env  # noqa: E402
+from scripts.stack.processes import GroupWatchdog, die_with_parent, stop_group  # noqa: E402
+from tests.fixtures.vllm import VLLM_PYTHON, vllm_env, vllm_profile  # noqa: E402
 
 POLICY = """version: 1
 tiers:
@@ -148,7 +148,7 @@ def main() -> None:
             "cloud_node",
             "serve",
             "--profile",
-            str(PROFILE),
+            vllm_profile(VLLM_PYTHON, env),
             "--port",
             str(vllm_port),
             "--model",
@@ -161,12 +161,16 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=die_with_parent(),
     )
+    # vLLM's engine core does not notice its server's death: the watchdog stops the group.
+    watchdog = GroupWatchdog(vllm.pid, grace_s=30)
     vllm_url = f"http://127.0.0.1:{vllm_port}"
     policy = Path(tempfile.mkdtemp()) / "cloud-bench.yaml"
     policy.write_text(POLICY.format(url=vllm_url, model=model))
     gateway = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve"],
+        preexec_fn=die_with_parent(),
         cwd=ROOT,
         env={
             **os.environ,
@@ -184,6 +188,7 @@ def main() -> None:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(timeout=30)
         stop_group(vllm, timeout_s=30)
+        watchdog.disarm()
 
 
 if __name__ == "__main__":

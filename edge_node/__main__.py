@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 
 from aiohttp import web
 
 from .app import create_app
-from .engine import EngineState
 from .keys import ENGINE
 from .settings import parse_settings
 
@@ -20,8 +20,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    app = create_app(settings)
-    logging.getLogger("edge_node").info(
+    # A fatal signal inside llama.cpp (a CPU kernel faulting) prints the Python stack to
+    # the log instead of the process vanishing without a word.
+    faulthandler.enable()
+    log = logging.getLogger("edge_node")
+
+    def exit_on_failure(reason: str) -> None:
+        log.error("exiting: the model cannot serve on this host: %s", reason)
+        raise web.GracefulExit  # stops run_app from the event loop; main returns 1
+
+    app = create_app(settings, on_failure=exit_on_failure)
+    log.info(
         "serving %s as %r on http://%s:%d",
         settings.model_path,
         settings.served_model_name,
@@ -38,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         access_log=None,
         print=None,
     )
-    return 1 if app[ENGINE].state is EngineState.FAILED else 0
+    # After shutdown the engine is closed; a load or self-check failure stays recorded.
+    return 1 if app[ENGINE].load_error is not None else 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from . import handlers
-from .engine import Engine
+from .engine import Engine, FailureHandler
 from .errors import EdgeError, MethodNotAllowed, PayloadTooLarge, RouteNotFound
 from .keys import ENGINE, METRICS, SETTINGS, TRACING
 from .metrics import EdgeMetrics
@@ -23,18 +23,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(
-    settings: Settings, *, loader: ModelLoader = load_model, tracing: EdgeTracing | None = None
+    settings: Settings,
+    *,
+    loader: ModelLoader = load_model,
+    tracing: EdgeTracing | None = None,
+    on_failure: FailureHandler | None = None,
 ) -> web.Application:
     """The application; the model starts loading in a thread when the app starts up.
 
     ``tracing`` replaces the tracer ``settings.tracing`` describes (tests pass one over an
     in-memory exporter); the caller owns it, and the app only flushes it at shutdown.
+    ``on_failure`` runs on the event loop when the model fails to load or its start-up
+    self-check fails (the server process uses it to exit); without it the app stays up
+    and ``/health`` answers 503 with the reason.
     """
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     metrics = EdgeMetrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[ENGINE] = Engine(settings, metrics, loader)
+    app[ENGINE] = Engine(settings, metrics, loader, on_failure=on_failure)
     app.cleanup_ctx.append(_tracing_ctx(settings, tracing))  # first in, so flushed last
     app.cleanup_ctx.append(_engine_ctx)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)

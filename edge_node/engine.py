@@ -2,7 +2,9 @@
 
 ``llama_cpp.Llama`` must never be called from two threads at once, and it must never
 run on the event loop, so a single worker thread loads the model (the HTTP server
-already answers ``/health`` with 503 meanwhile) and then runs one job at a time.
+already answers ``/health`` with 503 meanwhile), runs the start-up self-check (a few
+greedy tokens, :mod:`edge_node.self_check`; a failure is reported like a failed load,
+and the server process exits on it) and then runs one job at a time.
 Admission is decided on the event loop: at most ``1 + max_queue`` jobs are admitted
 at once, and the next one is refused at once with 503 ``overloaded`` so the gateway
 can fail over instead of waiting in an unbounded queue.
@@ -39,6 +41,7 @@ from .metrics import CompletionStats, EdgeMetrics
 from .model import ChatModel, ModelLoader, load_model
 from .prompt_cache import PromptCache, PromptReuse
 from .schema import ChatRequest
+from .self_check import SELF_CHECK_TOKENS, SelfCheckFailed, run_self_check
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,15 +87,26 @@ class Job:
         self.admitted_at = time.perf_counter()
 
 
+FailureHandler = Callable[[str], None]
+"""Called on the event loop with the reason when the model cannot load or generate."""
+
+
 class Engine:
-    """Loads the model on its worker thread and serves admitted jobs one at a time."""
+    """Loads the model on its worker thread, checks it can generate, then serves admitted
+    jobs one at a time."""
 
     def __init__(
-        self, settings: Settings, metrics: EdgeMetrics, loader: ModelLoader = load_model
+        self,
+        settings: Settings,
+        metrics: EdgeMetrics,
+        loader: ModelLoader = load_model,
+        *,
+        on_failure: FailureHandler | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._loader = loader
+        self._on_failure = on_failure
         self.state = EngineState.LOADING
         self.created = int(time.time())
         self.load_error: str | None = None
@@ -207,6 +221,8 @@ class Engine:
         self.load_error = error
         if self.state is EngineState.LOADING:
             self.state = EngineState.FAILED
+            if self._on_failure is not None:
+                self._on_failure(error)
 
     # -- worker thread side ------------------------------------------------------------
 
@@ -223,6 +239,9 @@ class Engine:
             log.exception("loading %s failed", self._settings.model_path)
             self._call(self._on_load_failed, f"{type(exc).__name__}: {exc}")
             return
+        if not self._self_check(model):
+            model.close()
+            return
         cache_bytes = self._settings.prompt_cache_bytes
         reuse = PromptReuse(model.llm, PromptCache(cache_bytes) if cache_bytes > 0 else None)
         self._call(self._on_loaded, model)
@@ -231,6 +250,29 @@ class Engine:
                 self._serve(model, reuse, job)
         finally:
             model.close()
+
+    def _self_check(self, model: ChatModel) -> bool:
+        """Generate a few tokens before going ready (see :mod:`edge_node.self_check`)."""
+        # Said first: if llama.cpp kills the process here, this is the log's last line.
+        log.info(
+            "self-check: decoding %d tokens (if the node dies here, its CPU kernels fault on "
+            "this host: try --weight-repack off)",
+            SELF_CHECK_TOKENS,
+        )
+        try:
+            result = run_self_check(model)
+        except SelfCheckFailed as exc:
+            log.error("self-check failed: %s", exc)
+            self._call(self._on_load_failed, f"self-check failed: {exc}")
+            return False
+        log.info(
+            "self-check passed: %d prompt tokens, %d generated (%r) in %.2f s",
+            result.prompt_tokens,
+            result.tokens,
+            result.text,
+            result.seconds,
+        )
+        return True
 
     def _serve(self, model: ChatModel, reuse: PromptReuse, job: Job) -> None:
         with job.lock:

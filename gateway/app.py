@@ -130,9 +130,14 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
-    """Reload on file change (polling the mtime) and on SIGHUP."""
+    """Reload on file change (polling the mtime) and on SIGHUP.
+
+    Both survive every reload failure themselves (``PolicyHolder``); a task that still ends
+    with an exception is logged with its traceback, never a silently dead watcher.
+    """
     state = app[STATE]
     watcher = asyncio.create_task(state.policies.watch(state.settings.policy_poll_s))
+    watcher.add_done_callback(_log_if_failed)
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[bool]] = set()
 
@@ -140,6 +145,7 @@ async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(state.policies.reload())
         pending.add(task)
         task.add_done_callback(pending.discard)
+        task.add_done_callback(_log_if_failed)
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
@@ -150,6 +156,11 @@ async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
     for task in pending:
         task.cancel()
     await asyncio.gather(watcher, *pending, return_exceptions=True)
+
+
+def _log_if_failed(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("policy reload task ended: %r", exc, exc_info=exc)
 
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:

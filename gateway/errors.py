@@ -5,6 +5,7 @@
     GatewayError (500 internal_error)
     ├── ClientError (400 invalid_request)            bad input: never retried
     │   ├── BodyTooLarge (413 request_too_large)
+    │   ├── RequestTimeout (408 request_timeout)    the body came too slowly
     │   ├── InvalidJSON (400 invalid_json)
     │   ├── InvalidRequest (400 invalid_request, names the param)
     │   ├── Unauthorized (401 invalid_api_key)
@@ -59,6 +60,16 @@ class ClientError(GatewayError):
 class BodyTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(ClientError):
+    """The request body did not arrive within the deadline; the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
 
 
 class InvalidJSON(ClientError):
@@ -180,6 +191,7 @@ __all__ = [
     "InvalidRequest",
     "ModelNotFound",
     "NoCapacity",
+    "RequestTimeout",
     "Unauthorized",
     "UpstreamClientError",
     "UpstreamConnectError",

@@ -35,6 +35,8 @@ class GatewayMetrics:
     session_replayed_turns: Counter = field(init=False)
     session_dropped_turns: Counter = field(init=False)
     session_spool_turns: Gauge = field(init=False)
+    session_spool_poisoned: Counter = field(init=False)
+    session_erased_appends: Counter = field(init=False)
     session_context_dropped: Counter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -157,6 +159,17 @@ class GatewayMetrics:
         self.session_spool_turns = Gauge(
             "gateway_session_spool_turns",
             "Turns waiting in the local spool",
+            registry=r,
+        )
+        self.session_spool_poisoned = Counter(
+            "gateway_session_spool_poisoned",
+            "Spooled appends set aside because writing them failed unexpectedly (their turns "
+            "are counted in gateway_session_spool_dropped_turns too)",
+            registry=r,
+        )
+        self.session_erased_appends = Counter(
+            "gateway_session_erased_appends",
+            "Appends refused because their session was deleted after the request loaded it",
             registry=r,
         )
         self.session_context_dropped = Counter(

@@ -20,6 +20,28 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionLimits:
+    """Deadlines and a cap for client connections (``gateway.http.connections`` applies them).
+
+    Every slow or idle client holds a socket and a file descriptor; these bound how long
+    and how many. The defaults let a healthy client on a slow mobile link through.
+    """
+
+    header_timeout_s: float = 10.0
+    """GATEWAY_HEADER_TIMEOUT_S: a request's line and headers must arrive within this many
+    seconds of the connection opening (its first request) or of the request's first byte."""
+    body_timeout_s: float = 30.0
+    """GATEWAY_BODY_TIMEOUT_S: the whole request body must arrive within this many seconds
+    of the headers; otherwise 408 and the connection is closed."""
+    idle_timeout_s: float = 30.0
+    """GATEWAY_IDLE_TIMEOUT_S: a keep-alive connection with no request on it is closed after
+    this many seconds (set it above the idle timeout of a proxy in front that reuses them)."""
+    max_connections: int = 1000
+    """GATEWAY_MAX_CONNECTIONS: client connections open at once; one more is answered 503
+    and closed at once."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     policy_path: Path = DEFAULT_POLICY
     host: str = "127.0.0.1"
@@ -39,6 +61,8 @@ class Settings:
     """GATEWAY_LOG_FORMAT: ``json`` (one object per line) or ``text``."""
     tracing: TracingConfig = field(default_factory=TracingConfig)
     """The standard OTEL_* variables and GATEWAY_TRACE_CONTENT; off by default."""
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    """GATEWAY_HEADER_TIMEOUT_S, _BODY_TIMEOUT_S, _IDLE_TIMEOUT_S and GATEWAY_MAX_CONNECTIONS."""
 
     def node_overrides(self) -> dict[Tier, tuple[NodeSpec, ...]]:
         overrides: dict[Tier, tuple[NodeSpec, ...]] = {}
@@ -83,7 +107,45 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_level=env.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
         log_format="text" if log_format == "text" else "json",
         tracing=tracing,
+        connections=connection_limits_from_env(env),
     )
+
+
+def connection_limits_from_env(env: Mapping[str, str]) -> ConnectionLimits:
+    """GATEWAY_{HEADER,BODY,IDLE}_TIMEOUT_S and GATEWAY_MAX_CONNECTIONS, each optional."""
+    defaults = ConnectionLimits()
+    return ConnectionLimits(
+        header_timeout_s=_seconds(env, "GATEWAY_HEADER_TIMEOUT_S", defaults.header_timeout_s),
+        body_timeout_s=_seconds(env, "GATEWAY_BODY_TIMEOUT_S", defaults.body_timeout_s),
+        idle_timeout_s=_seconds(env, "GATEWAY_IDLE_TIMEOUT_S", defaults.idle_timeout_s),
+        max_connections=_count(env, "GATEWAY_MAX_CONNECTIONS", defaults.max_connections),
+    )
+
+
+def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
+    text = env.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{variable} must be a number of seconds, got {text!r}") from None
+    if not 0 < value < 1e6:  # also refuses nan and inf
+        raise SettingsError(f"{variable} must be more than 0 and under 1e6 seconds, got {text!r}")
+    return value
+
+
+def _count(env: Mapping[str, str], variable: str, default: int) -> int:
+    text = env.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{variable} must be an integer, got {text!r}") from None
+    if value < 1:
+        raise SettingsError(f"{variable} must be at least 1, got {value}")
+    return value
 
 
 def parse_node_urls(variable: str, tier: Tier, value: str | None) -> tuple[NodeSpec, ...] | None:

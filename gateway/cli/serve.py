@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import MAX_UPSTREAM_CONNECTIONS, create_app
+from gateway.http.connections import GuardedRunner
 from gateway.logs import configure_logging
 from gateway.routing.policy import PolicyError
-from gateway.settings import SettingsError, settings_from_env
+from gateway.settings import Settings, SettingsError, settings_from_env
 
 log = logging.getLogger("gateway")
 
@@ -54,11 +56,7 @@ def main(argv: Sequence[str]) -> int:
 
 async def _serve(settings) -> None:  # type: ignore[no-untyped-def]
     app = await create_app(settings)
-    # handler_cancellation: a client that disconnects cancels its handler and so its upstream call.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
-    await site.start()
+    runner, _ = await start_server(app, settings)
     log.info(
         "gateway listening on http://%s:%d (policy %s)",
         settings.host,
@@ -74,3 +72,41 @@ async def _serve(settings) -> None:  # type: ignore[no-untyped-def]
     finally:
         log.info("gateway shutting down")
         await runner.cleanup()
+
+
+async def start_server(
+    app: web.Application, settings: Settings
+) -> tuple[GuardedRunner, web.TCPSite]:
+    """Listen on ``settings.host``/``port`` (0: any free port, see ``site.port``) as ``serve`` does.
+
+    The caller stops it with ``runner.cleanup()``.
+    """
+    # handler_cancellation: a client that disconnects cancels its handler and so its upstream call.
+    # GatewayRunner (under GuardedRunner): aiohttp's own error answers (malformed requests) are
+    # OpenAI-style JSON too. GuardedRunner: header, idle and body deadlines, a connection cap.
+    runner = GuardedRunner(
+        app, limits=settings.connections, handler_cancellation=True, access_log=None
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    _warn_if_few_file_descriptors(settings.connections.max_connections)
+    return runner, site
+
+
+def _warn_if_few_file_descriptors(max_connections: int) -> None:
+    """Each client connection and each upstream connection is a file descriptor."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + MAX_UPSTREAM_CONNECTIONS + 64  # + Redis, logs, policy reads
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file limit (%d) is below GATEWAY_MAX_CONNECTIONS + %d upstream "
+            "connections + 64: raise it (ulimit -n %d) or lower GATEWAY_MAX_CONNECTIONS",
+            soft,
+            MAX_UPSTREAM_CONNECTIONS,
+            needed,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -11,8 +12,8 @@ from opentelemetry import trace
 
 from gateway.errors import UpstreamTimeout
 from gateway.http.body import read_body
-from gateway.http.middlewares import REQUEST_ID, REQUEST_ID_HEADER
-from gateway.http.relay import StreamRelay, error_event
+from gateway.http.middlewares import CALLER, REQUEST_ID, REQUEST_ID_HEADER
+from gateway.http.relay import DONE_EVENT, StreamRelay, error_event
 from gateway.http.validation import parse_chat_request
 from gateway.protocol import ChatCompletionRequest, StreamOptions, Usage
 from gateway.routing.decide import Decision, RoutingRequest, decide
@@ -38,11 +39,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     routing = state.policies.current  # read once: one consistent policy for this request
     policy = routing.policy
     started = time.perf_counter()
-    raw = await read_body(request, max_body_bytes=policy.max_body_bytes)
+    raw = await read_body(
+        request,
+        max_body_bytes=policy.max_body_bytes,
+        timeout_s=state.settings.connections.body_timeout_s,
+    )
     chat = parse_chat_request(raw)
     headers = {name.lower(): value for name, value in request.headers.items()}
     conversation = (
-        await state.sessions.open(headers, chat, request_id=request[REQUEST_ID], policy=policy)
+        await state.sessions.open(
+            headers, chat, request_id=request[REQUEST_ID], policy=policy, owner=request.get(CALLER)
+        )
         if state.sessions is not None
         else None
     )
@@ -168,20 +175,29 @@ async def _stream(
         # on another node by the Answer, or ends in an in-stream error (never in [DONE]).
         while (data := await answer.next()) is not None:
             out = relay.process(data)
-            if out is not None:
+            if out is not None and not relay.done:
                 await response.write(out)
         if answer.error is not None:
             await response.write(error_event(answer.error.body()))
             timed_out = isinstance(answer.error, UpstreamTimeout)
             outcome = "stream_timeout" if timed_out else "stream_truncated"
         else:
-            outcome = "ok"
-        if conversation is not None and outcome == "ok":
-            await conversation.record_stream("".join(relay.text), answer.node.tier, answer.model)
-        await response.write_eof()
+            # The turn is stored before [DONE]: a client that sends its next turn the moment
+            # it reads [DONE] finds this one in the history.
+            if conversation is not None:
+                await conversation.record_stream(
+                    "".join(relay.text), answer.node.tier, answer.model
+                )
+            await response.write(DONE_EVENT)
+            outcome = "ok"  # served: the client has the whole answer
+        # A client may hang up as soon as it reads [DONE] (the openai SDK does), before the
+        # end of the body: it was served all the same.
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
         return response
     except (ConnectionResetError, asyncio.CancelledError):
-        outcome = "client_disconnected"  # the handler's cancellation closes the upstream
+        if outcome != "ok":  # after [DONE], a client that leaves is not a failure
+            outcome = "client_disconnected"  # the handler's cancellation closes the upstream
         raise
     finally:
         answer.close()

@@ -18,6 +18,7 @@ from opentelemetry.util.types import AttributeValue
 from gateway.errors import GatewayError, Unauthorized
 from gateway.logs import request_id_var
 from gateway.protocol import error_body
+from gateway.sessions.keys import owner_of_key
 from gateway.state import STATE
 from gateway.telemetry import server_span
 
@@ -38,6 +39,33 @@ def error_response(exc: GatewayError, request_id: str) -> web.Response:
         body=json.dumps(exc.body()).encode(),
         content_type="application/json",
         headers=headers,
+    )
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+
+
+def status_error_response(status: int, message: str, request_id: str) -> web.Response:
+    """An OpenAI-style error body for a bare HTTP status: aiohttp's own answers (router
+    404/405, protocol errors) that carry no gateway error."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return web.Response(
+        status=status,
+        # ensure_ascii (the default): whatever the message quotes, the body is plain ASCII.
+        body=json.dumps(error_body(message, type=kind, code=_STATUS_CODES.get(status))).encode(),
+        content_type="application/json",
+        headers={REQUEST_ID_HEADER: request_id},
     )
 
 
@@ -163,45 +191,63 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kind = "invalid_request_error" if exc.status < 500 else "server_error"
-        code = (
-            "not_found"
-            if exc.status == 404
-            else "method_not_allowed"
-            if exc.status == 405
-            else None
-        )
-        return web.Response(
-            status=exc.status,
-            body=json.dumps(error_body(exc.reason, type=kind, code=code)).encode(),
-            content_type="application/json",
-            headers={REQUEST_ID_HEADER: request_id},
-        )
+        response = status_error_response(exc.status, exc.reason, request_id)
+        if exc.status == 405:
+            allow = exc.headers.get("Allow")
+            if allow:
+                response.headers["Allow"] = allow
+        return response
     except Exception:
         # The outermost boundary: log with the traceback, answer without it.
         log.exception("request %s: unexpected error", request_id)
         _error_on_span("internal_error", 500)
-        return web.Response(
-            status=500,
-            body=json.dumps(
-                error_body("Internal gateway error.", type="server_error", code="internal_error")
-            ).encode(),
-            content_type="application/json",
-            headers={REQUEST_ID_HEADER: request_id},
-        )
+        return status_error_response(500, "Internal gateway error.", request_id)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
     return response
 
 
+CALLER: web.RequestKey[str] = web.RequestKey("caller", str)
+"""Who sent an authenticated request: :func:`~gateway.sessions.keys.owner_of_key` of the
+API key it presented (a hash, never the key). It owns the sessions the request names.
+Unset when GATEWAY_API_KEYS is not set (one shared namespace)."""
+
+
 @web.middleware
 async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """When GATEWAY_API_KEYS is set, require one of them as a Bearer token."""
+    """When GATEWAY_API_KEYS is set, require one of them as a Bearer token; the key that
+    matched names the request's :data:`CALLER`."""
     keys = request.app[STATE].settings.api_keys
     if keys and request.path not in _PUBLIC_PATHS:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys
-        ):
+        key = _presented_key(request.headers.get("Authorization", ""), keys)
+        if key is None:
             raise Unauthorized("Missing or invalid API key; send Authorization: Bearer <key>.")
+        request[CALLER] = owner_of_key(key)
     return await handler(request)
+
+
+def _presented_key(authorization: str, keys: frozenset[str]) -> str | None:
+    """The configured key that an ``Authorization`` value presents as a Bearer token.
+
+    Compared as bytes, in constant time, with every key (the time taken does not say which
+    one matched). A header that is not UTF-8 reaches here surrogate-escaped by aiohttp: it
+    is compared as the bytes it was, and is just a wrong key.
+    """
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    presented = _raw(token.strip())
+    matched: str | None = None
+    for key in keys:
+        if hmac.compare_digest(presented, _raw(key)):
+            matched = key
+    return matched
+
+
+def _raw(text: str) -> bytes:
+    """``text`` as the bytes it was read from (headers and the environment are decoded as
+    UTF-8 with ``surrogateescape``); any other surrogate passes through, never raises."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")

@@ -1,35 +1,39 @@
 """GET and DELETE /v1/sessions/{session_id}: read or erase a conversation's history.
 
-Behind the same API-key middleware as the chat endpoint. A session with no turns does
-not exist (404 session_not_found); with Redis down both answer 503 with Retry-After.
+Behind the same API-key middleware as the chat endpoint, and scoped to the caller: with
+GATEWAY_API_KEYS set, the id names a session of the key the request presents, so another
+key's session with the same id is neither shown nor deleted (404, as if it did not
+exist). A session with no turns does not exist (404 session_not_found); with Redis down
+both answer 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.http.middlewares import CALLER
 from gateway.sessions.errors import SessionsDisabled
-from gateway.sessions.keys import check_session_id
+from gateway.sessions.keys import SessionRef, check_session_id
 from gateway.sessions.service import SessionService
 from gateway.state import STATE
 
 
-def _service(request: web.Request) -> tuple[SessionService, str]:
+def _service(request: web.Request) -> tuple[SessionService, SessionRef]:
     service = request.app[STATE].sessions
     session_id = check_session_id(request.match_info["session_id"], param="session_id")
     if service is None or not service.enabled:
         raise SessionsDisabled("Sessions are disabled on this gateway (REDIS_URL is not set).")
-    return service, session_id
+    return service, SessionRef(session_id, request.get(CALLER))
 
 
 async def get_session(request: web.Request) -> web.Response:
-    service, session_id = _service(request)
-    return web.json_response(await service.view(session_id))
+    service, session = _service(request)
+    return web.json_response(await service.view(session))
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    service, session_id = _service(request)
-    await service.erase(session_id)
+    service, session = _service(request)
+    await service.erase(session, policy=request.app[STATE].policies.current.policy)
     return web.Response(status=204)
 
 

@@ -1,19 +1,41 @@
 """Schema checks on a chat request body. Errors name the param. No aiohttp: the
-``classify`` command validates its input lines with the same code."""
+``classify`` command validates its input lines with the same code.
+
+Beyond the fields the gateway reads, the whole body is checked once for what would break
+the gateway further on: text that cannot be encoded as UTF-8 (a lone surrogate, see
+:mod:`gateway.text`), numbers that are not finite, and nesting deeper than
+:data:`MAX_DEPTH`. The integers the gateway reads are bounded (:data:`MAX_TOKENS_LIMIT`,
+:data:`MAX_CHOICES`).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import cast
+import math
+import re
+from typing import Final, cast
 
 from gateway.errors import InvalidJSON, InvalidRequest
 from gateway.protocol import ROLES, ChatCompletionRequest
+from gateway.text import has_lone_surrogate
+
+MAX_DEPTH: Final = 64
+"""Deepest nesting of arrays and objects in a body (the body object itself is level 1)."""
+MAX_TOKENS_LIMIT: Final = 2**31 - 1
+"""Largest ``max_tokens`` / ``max_completion_tokens`` (a signed 32-bit integer)."""
+MAX_CHOICES: Final = 128
+"""Largest ``n`` (OpenAI's own limit)."""
 
 _NUMBER_FIELDS = {
     "temperature": (0.0, 2.0),
     "top_p": (0.0, 1.0),
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
+}
+_INTEGER_FIELDS = {
+    "max_tokens": MAX_TOKENS_LIMIT,
+    "max_completion_tokens": MAX_TOKENS_LIMIT,
+    "n": MAX_CHOICES,
 }
 
 
@@ -23,10 +45,16 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         raise InvalidJSON("The request body is empty; expected a JSON object.")
     try:
         body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # far deeper than MAX_DEPTH: too deep to even parse
+        raise InvalidRequest(
+            f"The request body is nested too deeply: at most {MAX_DEPTH} levels are allowed"
+            f"{_where_too_deep(raw)}."
+        ) from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    _check_values(body)
     model = body.get("model", "auto")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model must be a non-empty string.", param="model")
@@ -35,12 +63,12 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     for key in ("stream",):
         if key in body and body[key] is not None and not isinstance(body[key], bool):
             raise InvalidRequest(f"{key} must be a boolean.", param=key)
-    for key in ("max_tokens", "max_completion_tokens", "n"):
+    for key, most in _INTEGER_FIELDS.items():
         value = body.get(key)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most
         ):
-            raise InvalidRequest(f"{key} must be a positive integer.", param=key)
+            raise InvalidRequest(f"{key} must be an integer from 1 to {most}.", param=key)
     for key, (low, high) in _NUMBER_FIELDS.items():
         value = body.get(key)
         if value is None:
@@ -67,6 +95,93 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     return cast(ChatCompletionRequest, body)
 
 
+class _Unusable(Exception):
+    """A value the gateway cannot carry; ``path`` is filled in while unwinding."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str | int] = []
+
+
+def _check_values(body: dict[str, object]) -> None:
+    """Every string and key encodable as UTF-8, every number finite, nesting at most
+    :data:`MAX_DEPTH` deep; else :class:`InvalidRequest` naming the first bad value."""
+    try:
+        _check_value(body, 1)
+    except _Unusable as bad:
+        param = _param(bad.path[::-1])
+        where = param or "The request body"
+        raise InvalidRequest(f"{where} {bad.problem}", param=param) from None
+
+
+def _check_value(value: object, depth: int) -> None:
+    # Recursion is bounded by MAX_DEPTH; the happy path builds no paths (try is free).
+    if isinstance(value, str):
+        if has_lone_surrogate(value):
+            raise _Unusable(
+                "is not valid Unicode text: it holds a lone surrogate (U+D800 to U+DFFF), "
+                "which cannot be encoded as UTF-8."
+            )
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Unusable("must be a finite number.")
+    elif isinstance(value, dict):
+        if depth > MAX_DEPTH:
+            raise _Unusable(f"is nested too deeply: at most {MAX_DEPTH} levels are allowed.")
+        for key, item in value.items():
+            if has_lone_surrogate(key):
+                raise _Unusable(
+                    "has a key that is not valid Unicode text: it holds a lone surrogate "
+                    "(U+D800 to U+DFFF), which cannot be encoded as UTF-8."
+                )
+            try:
+                _check_value(item, depth + 1)
+            except _Unusable as bad:
+                bad.path.append(key)
+                raise
+    elif isinstance(value, list):
+        if depth > MAX_DEPTH:
+            raise _Unusable(f"is nested too deeply: at most {MAX_DEPTH} levels are allowed.")
+        for index, item in enumerate(value):
+            try:
+                _check_value(item, depth + 1)
+            except _Unusable as bad:
+                bad.path.append(index)
+                raise
+
+
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _where_too_deep(raw: bytes) -> str:
+    """Where level ``MAX_DEPTH + 1`` opens in ``raw`` (``" (at byte N)"``), read from the
+    bytes: a body too deep for the parser has no parsed value to name a param in."""
+    depth = 0
+    for token in _JSON_TOKEN.finditer(raw):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return f" (level {depth} opens at byte {token.start()})"
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+    return ""
+
+
+def _param(path: list[str | int]) -> str | None:
+    """``messages[0].content`` from ``["messages", 0, "content"]``; None for the body."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or None
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_messages(messages: object) -> None:
     if messages is None:
         raise InvalidRequest("messages is required.", param="messages")
@@ -79,9 +194,9 @@ def _check_messages(messages: object) -> None:
         if not isinstance(message, dict):
             raise InvalidRequest(f"{where} must be an object.", param=where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
-                f"{where}.role must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
+                f"{where}.role must be one of {', '.join(sorted(ROLES))}; got {_shown(role)}.",
                 param=f"{where}.role",
             )
         content = message.get("content")

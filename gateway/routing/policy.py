@@ -15,8 +15,9 @@ from typing import Final, cast, get_args
 from gateway.errors import FailureKind
 from gateway.protocol import TIERS, Tier
 from gateway.routing.classifier import ClassifierKind
+from gateway.routing.policy_file import read_policy_text
 from gateway.routing.policy_reader import PolicyError, PolicyReader
-from gateway.routing.yaml_lines import YAMLSyntaxError, load_located
+from gateway.routing.yaml_lines import YAMLLimitError, YAMLSyntaxError, load_located
 
 POLICY_VERSION: Final = 1
 FAILURE_KINDS: Final[tuple[str, ...]] = get_args(FailureKind)
@@ -35,6 +36,8 @@ class TierSpec:
     name: Tier
     context_window: int
     nodes: tuple[NodeSpec, ...]
+    max_concurrency_per_node: int = 16
+    """The limit of a node that names none of its own, GATEWAY_*_URLS nodes included."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,9 +150,17 @@ class Policy:
         return {node.model: tier.name for tier in self.tiers.values() for node in tier.nodes}
 
     def with_nodes(self, tier: Tier, nodes: Sequence[NodeSpec]) -> Policy:
-        """A copy whose ``tier`` serves ``nodes`` (the GATEWAY_*_URLS overrides)."""
+        """A copy whose ``tier`` serves ``nodes`` (the GATEWAY_*_URLS overrides).
+
+        Those name a URL and a model only: each takes the tier's ``max_concurrency_per_node``.
+        """
+        spec = self.tiers[tier]
+        limited = tuple(
+            dataclasses.replace(node, max_concurrency=spec.max_concurrency_per_node)
+            for node in nodes
+        )
         tiers = dict(self.tiers)
-        tiers[tier] = dataclasses.replace(tiers[tier], nodes=tuple(nodes))
+        tiers[tier] = dataclasses.replace(spec, nodes=limited)
         return dataclasses.replace(self, tiers=tiers)
 
 
@@ -158,7 +169,8 @@ def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
     try:
         doc = load_located(text)
     except YAMLSyntaxError as exc:
-        raise PolicyError(f"invalid YAML: {exc}", key="", line=exc.line, source=source) from exc
+        what = "over a limit" if isinstance(exc, YAMLLimitError) else "invalid YAML"
+        raise PolicyError(f"{what}: {exc}", key="", line=exc.line, source=source) from exc
     r = PolicyReader(doc, source)
     top = r.mapping(
         doc.data, "", ("version", "tiers", "routing", "fallback", "health", "sessions", "limits")
@@ -187,16 +199,12 @@ def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
 
 
 def load_policy(path: Path) -> Policy:
-    """Read and validate a policy file (blocking: call it in a thread on a running server)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(
-            f"cannot read: {exc.strerror}", key="", line=None, source=str(path)
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise PolicyError("not UTF-8 text", key="", line=None, source=str(path)) from exc
-    policy = parse_policy(text, source=str(path))
+    """Read and validate a policy file (blocking: call it in a thread on a running server).
+
+    The file is read with limits (a regular file, at most 1 MiB) and parsed with them
+    (:class:`~gateway.routing.yaml_lines.YAMLLimits`); going over one is a PolicyError.
+    """
+    policy = parse_policy(read_policy_text(path), source=str(path))
     spec = policy.routing.classifier
     if spec.model_path is not None and not spec.model_path.is_absolute():
         # A relative model path is relative to the policy file, not to the working directory.
@@ -236,6 +244,7 @@ def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
             m, path, "context_window", 2048 if name == "edge" else 8192, low=256
         ),
         nodes=tuple(nodes),
+        max_concurrency_per_node=per_node,
     )
 
 

@@ -11,6 +11,7 @@ from gateway.protocol import ChatCompletionRequest, ChatMessage, Tier
 from gateway.routing.policy import Policy
 from gateway.sessions.fitting import Budget, Fitted, fit, message_tokens
 from gateway.sessions.history import Merged, split_system
+from gateway.sessions.keys import SessionRef
 
 SESSION_WARNING_HEADER: Final = "x-gateway-session-warning"
 CONTEXT_DROPPED_HEADER: Final = "x-gateway-context-dropped"
@@ -25,8 +26,13 @@ class Conversation:
     """Built by :meth:`SessionService.open`; the chat handler asks it for bodies and headers
     and hands it the reply once the answer is complete."""
 
-    session_id: str
+    session: SessionRef
     request_id: str
+    digest: str
+    """:func:`~gateway.sessions.turns.content_digest` of the client's messages."""
+    generation: int
+    """The session's deletion generation when it was loaded (the store refuses the append
+    if the session was deleted since); ``UNKNOWN_GENERATION`` when it could not be read."""
     merged: Merged
     policy: Policy
     """The policy snapshot of this request (tiers' windows, sessions settings)."""
@@ -36,6 +42,11 @@ class Conversation:
     on_dropped: Callable[[Tier, int], None] = lambda tier, dropped: None
     fits: dict[Tier, Fitted] = field(default_factory=dict)
     _costs: dict[int, tuple[ChatMessage, int]] = field(default_factory=dict)
+
+    @property
+    def session_id(self) -> str:
+        """The id the client chose (its owner aside)."""
+        return self.session.session_id
 
     def request_body(self, chat: ChatCompletionRequest) -> ChatCompletionRequest:
         """The client's body with the merged conversation as its messages."""

@@ -6,12 +6,18 @@ turns go to the spool. The replayer (:meth:`SessionService.run_replay`, a backgr
 pings with backoff, and once Redis answers it writes the spool out in order. While the spool
 is not empty, new turns queue behind it, so a session's turns reach Redis in the order the
 answers were given; this replica also merges a session's pending turns into what it loads.
+The replayer survives what it did not expect: an append that fails in an unexpected way is
+set aside (logged with the session's hash, counted as poisoned) and the spool goes on.
+
+Sessions are addressed by :class:`~gateway.sessions.keys.SessionRef`: the client's id in
+the namespace of the caller's API key, so one caller never sees another's sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -23,10 +29,17 @@ from gateway.routing.policy import Policy, SessionsSpec
 from gateway.sessions.conversation import Conversation, SessionWarning
 from gateway.sessions.errors import SessionNotFound, SessionsDisabled, SessionStoreUnavailable
 from gateway.sessions.history import merge
-from gateway.sessions.keys import SESSION_HEADER, check_session_id
+from gateway.sessions.keys import SESSION_HEADER, SessionRef, check_session_id
 from gateway.sessions.spool import PendingAppend, Spool
-from gateway.sessions.store import SessionStore, StoreRejected, StoreUnavailable
-from gateway.sessions.turns import StoredTurn, messages_of, turn_of
+from gateway.sessions.store import (
+    UNKNOWN_GENERATION,
+    AppendOutcome,
+    SessionStore,
+    Snapshot,
+    StoreRejected,
+    StoreUnavailable,
+)
+from gateway.sessions.turns import StoredTurn, content_digest, messages_of, public, turn_of
 from gateway.telemetry import Tracing, disabled_tracing
 
 log = logging.getLogger("gateway.sessions")
@@ -35,6 +48,13 @@ REPLAY_BACKOFF_MIN_S: Final = 0.05
 REPLAY_BACKOFF_MAX_S: Final = 2.0
 SHUTDOWN_FLUSH_S: Final = 2.0
 """How long a stopping gateway keeps writing its spool out before giving up on it."""
+
+
+def tombstone_s(policy: Policy) -> int:
+    """How long a deletion keeps refusing appends loaded before it: at least the longest
+    request (``fallback.timeouts_s.total``), and a session's lifetime (``sessions.ttl_s``)
+    for turns that wait out an outage in a spool."""
+    return max(policy.sessions.ttl_s, math.ceil(policy.fallback.timeouts.total_s), 1)
 
 
 class SessionView(TypedDict):
@@ -64,6 +84,8 @@ class SessionService:
         self.available = store is not None
         """Last known state of the store; False from a failed call until a ping succeeds."""
         self._wake = asyncio.Event()
+        self._recording: set[asyncio.Task[None]] = set()
+        """Appends under way; a client that leaves does not cancel them (see _record)."""
 
     @property
     def enabled(self) -> bool:
@@ -100,15 +122,22 @@ class SessionService:
         *,
         request_id: str,
         policy: Policy,
+        owner: str | None = None,
     ) -> Conversation | None:
-        """The request's conversation, or None when it names no session."""
+        """The request's conversation, or None when it names no session.
+
+        ``owner`` is the caller's (see :func:`~gateway.sessions.keys.owner_of_key`): the
+        session id names a session in that caller's namespace only.
+        """
         spec = policy.sessions
         session_id = self.session_id_of(headers, chat, spec)
         if session_id is None:
             return None
+        session = SessionRef(session_id, owner)
         warning: SessionWarning | None = None
         known = True
         stored: list[StoredTurn] = []
+        generation = UNKNOWN_GENERATION
         with self.tracing.span("gateway.session.load") as span:
             outcome = "ok"
             if self.store is None:
@@ -116,10 +145,10 @@ class SessionService:
             else:
                 was_available = self.available
                 try:
-                    stored = await self._load(session_id, spec)
+                    snapshot = await self._load(session, spec)
                 except StoreUnavailable as exc:
                     warning, known = "store-unavailable", False
-                    stored = self.spool.pending_for(session_id)[0]
+                    stored = self.spool.pending_for(session)[0]
                     # skipped: the store was known to be down and was not asked at all
                     outcome = (
                         "rejected"
@@ -128,6 +157,8 @@ class SessionService:
                         if was_available
                         else "skipped"
                     )
+                else:
+                    stored, generation = snapshot.turns, snapshot.generation
             if span.is_recording():
                 span.set_attributes(
                     {
@@ -137,15 +168,19 @@ class SessionService:
                         "gateway.session.store": outcome,
                     }
                 )
-        # A retry of this request sees what the first attempt saw, not its own turns.
-        stored = [turn for turn in stored if turn.get("request_id") != request_id]
+        # A retry of this request sees what the first attempt saw, not its own turns; a
+        # different turn sent under the same request id is not a retry and sees them.
+        digest = content_digest(chat["messages"])
+        stored = [turn for turn in stored if not _same_request(turn, request_id, digest)]
         # The max_turns cap can cut a pair in two; chat templates that insist on starting
         # with a user turn would reject what is left of it.
         while stored and stored[0].get("role") != "user":
             stored.pop(0)
         return Conversation(
-            session_id=session_id,
+            session=session,
             request_id=request_id,
+            digest=digest,
+            generation=generation,
             merged=merge(messages_of(stored), chat["messages"], known=known),
             policy=policy,
             warning=warning,
@@ -153,13 +188,13 @@ class SessionService:
             on_dropped=self._count_dropped,
         )
 
-    async def _load(self, session_id: str, spec: SessionsSpec) -> list[StoredTurn]:
+    async def _load(self, session: SessionRef, spec: SessionsSpec) -> Snapshot:
         """Stored turns plus this replica's pending ones; raises StoreUnavailable."""
         if self.store is None or not self.available:
             raise StoreUnavailable("load", "store is down")
         started = time.perf_counter()
         try:
-            turns = await self.store.load(session_id, timeout_s=spec.redis_timeout_s)
+            snapshot = await self.store.load(session, timeout_s=spec.redis_timeout_s)
         except StoreRejected as exc:
             self._rejected(exc)  # this session's key is unusable; the store is fine
             raise
@@ -167,10 +202,11 @@ class SessionService:
             self._failed(exc)
             raise
         self.metrics.session_store_s.labels("load").observe(time.perf_counter() - started)
-        return self._with_pending(session_id, turns)
+        turns = self._with_pending(session, snapshot.turns)
+        return Snapshot(turns=turns, generation=snapshot.generation)
 
-    def _with_pending(self, session_id: str, turns: list[StoredTurn]) -> list[StoredTurn]:
-        pending, replaces = self.spool.pending_for(session_id)
+    def _with_pending(self, session: SessionRef, turns: list[StoredTurn]) -> list[StoredTurn]:
+        pending, replaces = self.spool.pending_for(session)
         if not pending:
             return turns
         if replaces:
@@ -181,11 +217,34 @@ class SessionService:
     async def _record(
         self, conversation: Conversation, reply: ChatMessage, tier: Tier, model: str | None
     ) -> None:
+        """Store the turns; a client that leaves meanwhile does not cancel this.
+
+        The answer is complete when this is called: cancelling the append half-way (the
+        handler is cancelled when its client hangs up) would lose a turn the client has.
+        """
+        task = asyncio.create_task(self._record_now(conversation, reply, tier, model))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        await asyncio.shield(task)
+
+    async def _record_now(
+        self, conversation: Conversation, reply: ChatMessage, tier: Tier, model: str | None
+    ) -> None:
         store = self.store
         if store is None:
             return
         with self.tracing.span("gateway.session.append") as span:
-            outcome, turns = await self._append(store, conversation, reply, tier, model)
+            try:
+                outcome, turns = await self._append(store, conversation, reply, tier, model)
+            except Exception as exc:
+                # The boundary of a side effect: the answer stands; the turns are lost.
+                self.metrics.session_dropped_turns.inc(len(conversation.merged.new) + 1)
+                log.error(
+                    "session %s: turns not stored after an unexpected %s",
+                    conversation.session.log_id,
+                    type(exc).__name__,
+                )
+                outcome, turns = "error", 0
             if span.is_recording():
                 span.set_attributes(
                     {
@@ -204,23 +263,25 @@ class SessionService:
         tier: Tier,
         model: str | None,
     ) -> tuple[str, int]:
-        """Write (or spool) the turns; returns (``ok``, ``duplicate``, ``rejected`` or
-        ``spooled``, the number of turns)."""
+        """Write (or spool) the turns; returns (``ok``, ``duplicate``, ``erased``,
+        ``rejected`` or ``spooled``, the number of turns)."""
         spec = conversation.policy.sessions
         now = time.time()
-        rid = conversation.request_id
-        turns = [turn_of(m, at=now, request_id=rid) for m in conversation.merged.new]
-        turns.append(turn_of(reply, at=now, request_id=rid, tier=tier, model=model))
+        rid, digest = conversation.request_id, conversation.digest
+        turns = [turn_of(m, at=now, request_id=rid, digest=digest) for m in conversation.merged.new]
+        turns.append(turn_of(reply, at=now, request_id=rid, digest=digest, tier=tier, model=model))
         entry = PendingAppend(
-            session_id=conversation.session_id,
+            session=conversation.session,
             request_id=rid,
             turns=tuple(turns),
             replace=conversation.merged.replace,
+            digest=digest,
+            generation=conversation.generation,
         )
         if self.available and not self.spool:
             started = time.perf_counter()
             try:
-                written = await self._write(store, entry, spec)
+                outcome = await self._write(store, entry, spec)
             except StoreRejected as exc:
                 self._rejected(exc, dropped=len(entry.turns))
                 return "rejected", len(entry.turns)
@@ -228,7 +289,9 @@ class SessionService:
                 self._failed(exc)
             else:
                 self.metrics.session_store_s.labels("append").observe(time.perf_counter() - started)
-                return ("ok" if written else "duplicate"), len(entry.turns)
+                if outcome is AppendOutcome.ERASED:
+                    self._erased(entry)
+                return str(outcome), len(entry.turns)
         self._spool(entry, spec)
         return "spooled", len(entry.turns)
 
@@ -257,6 +320,29 @@ class SessionService:
         else:
             log.error("%s", exc)
 
+    def _erased(self, entry: PendingAppend) -> None:
+        self.metrics.session_erased_appends.inc()
+        log.info(
+            "session %s was deleted while request %s was answered: its turns are not stored",
+            entry.session.log_id,
+            entry.request_id,
+        )
+
+    def _poisoned(self, entry: PendingAppend, exc: Exception) -> None:
+        """An append that failed in a way no retry would fix: set it aside, say so."""
+        self.spool.done(entry)
+        self.metrics.session_spool_poisoned.inc()
+        self.metrics.session_dropped_turns.inc(len(entry.turns))
+        self.metrics.session_spool_turns.set(self.spool.turns)
+        # The session's hash and the error's type only: the message may quote the text.
+        log.error(
+            "session spool: set aside request %s of session %s (%d turns) after an unexpected %s",
+            entry.request_id,
+            entry.session.log_id,
+            len(entry.turns),
+            type(exc).__name__,
+        )
+
     def _failed(self, exc: StoreUnavailable) -> None:
         self.metrics.session_store_errors.labels(exc.op).inc()
         if self.available:
@@ -264,11 +350,15 @@ class SessionService:
         self.available = False
         self._wake.set()
 
-    async def _write(self, store: SessionStore, entry: PendingAppend, spec: SessionsSpec) -> bool:
+    async def _write(
+        self, store: SessionStore, entry: PendingAppend, spec: SessionsSpec
+    ) -> AppendOutcome:
         return await store.append(
-            entry.session_id,
+            entry.session,
             entry.request_id,
             entry.turns,
+            digest=entry.digest,
+            generation=entry.generation,
             replace=entry.replace,
             ttl_s=spec.ttl_s,
             max_turns=spec.max_turns,
@@ -276,34 +366,62 @@ class SessionService:
         )
 
     async def drain(self) -> bool:
-        """Write the spool out, oldest first; True when it is empty, False on a store error."""
+        """Write the spool out, oldest first; True when it is empty, False on a store error.
+
+        An append that fails unexpectedly (say, text that cannot be encoded) would fail the
+        same way on every try and hold up everything behind it: it is set aside and counted
+        (:meth:`_poisoned`) and the others go on.
+        """
         store = self.store
         while store is not None and (entry := self.spool.head()) is not None:
+            spec = self.spec()  # outside the try: a failure here is not the entry's fault
             try:
-                written = await self._write(store, entry, self.spec())
+                outcome: AppendOutcome | None = await self._write(store, entry, spec)
+                _honour_cancellation()
             except StoreRejected as exc:
                 self._rejected(exc, dropped=len(entry.turns))
-                written = False
+                outcome = None
             except StoreUnavailable as exc:
                 self._failed(exc)
                 return False
+            except Exception as exc:
+                self._poisoned(entry, exc)
+                continue
             self.spool.done(entry)
-            if written:  # False: already stored (its first write landed) or refused
+            if outcome is AppendOutcome.WRITTEN:  # else already stored, erased or refused
                 self.metrics.session_replayed_turns.inc(len(entry.turns))
+            elif outcome is AppendOutcome.ERASED:
+                self._erased(entry)
             self.metrics.session_spool_turns.set(self.spool.turns)
         return True
 
     async def run_replay(self) -> None:
-        """Background task: bring the store back into use and empty the spool, with backoff."""
-        store = self.store
-        if store is None:
+        """Background task: bring the store back into use and empty the spool, with backoff.
+
+        Supervised: an unexpected error is logged and counted
+        (``gateway_session_store_errors_total{op="replay"}``) and the loop goes on after a
+        pause; it never ends the task.
+        """
+        if self.store is None:
             return
+        while True:
+            try:
+                await self._replay()
+            except Exception:
+                self.metrics.session_store_errors.labels("replay").inc()
+                log.exception("session replayer: unexpected error; going on")
+                await asyncio.sleep(REPLAY_BACKOFF_MAX_S * random.uniform(0.8, 1.2))
+
+    async def _replay(self) -> None:
+        store = self.store
+        assert store is not None
         delay = REPLAY_BACKOFF_MIN_S
         while True:
             await self._wake.wait()
             if not self.available:
                 try:
                     await store.ping(timeout_s=self.spec().redis_timeout_s)
+                    _honour_cancellation()
                 except StoreUnavailable as exc:
                     self.metrics.session_store_errors.labels(exc.op).inc()
                     await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # jitter: replicas
@@ -322,48 +440,87 @@ class SessionService:
                 delay = min(delay * 2, REPLAY_BACKOFF_MAX_S)
 
     async def aclose(self) -> None:
-        """Flush what the spool holds (briefly), then close the connections."""
+        """Finish the appends under way and flush what the spool holds (briefly), then
+        close the connections."""
         if self.store is None:
             return
-        if self.spool:
-            try:
-                async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+        try:
+            async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                if self._recording:
+                    await asyncio.wait(set(self._recording))
+                if self.spool:
                     await self.drain()
-            except TimeoutError:
-                pass
-            if self.spool:
-                log.warning("stopping with %d session turns not written", self.spool.turns)
+        except TimeoutError:
+            pass
+        if self.spool:
+            log.warning("stopping with %d session turns not written", self.spool.turns)
         await self.store.aclose()
 
     # -- the session API -----------------------------------------------------------------
 
-    async def view(self, session_id: str) -> SessionView:
+    async def view(self, session: SessionRef) -> SessionView:
         store = self._require_store()
         spec = self.spec()
         try:
-            snapshot = await store.snapshot(session_id, timeout_s=spec.redis_timeout_s)
+            snapshot = await store.snapshot(session, timeout_s=spec.redis_timeout_s)
         except StoreUnavailable as exc:
             self._failed(exc)
             raise SessionStoreUnavailable("The session store is unavailable; retry later.") from exc
-        turns = self._with_pending(session_id, snapshot.turns)
+        turns = self._with_pending(session, snapshot.turns)
         if not turns:
-            raise SessionNotFound(f"No session {session_id!r}.", param="session_id")
-        return SessionView(id=session_id, object="session", turns=turns, ttl=snapshot.ttl_s)
+            raise _not_found(session)
+        return SessionView(
+            id=session.session_id,
+            object="session",
+            turns=[public(turn) for turn in turns],
+            ttl=snapshot.ttl_s,
+        )
 
-    async def erase(self, session_id: str) -> None:
-        """Delete the session's stored and pending turns; SessionNotFound if it had none."""
+    async def erase(self, session: SessionRef, *, policy: Policy) -> None:
+        """Delete the session's stored and pending turns; SessionNotFound if it had none.
+
+        Appends of requests in flight (and in any spool) that loaded the session before
+        this are refused for :func:`tombstone_s`: the deletion holds.
+        """
         store = self._require_store()
-        pending = self.spool.discard(session_id)  # first, so a replay cannot bring them back
+        pending = self.spool.discard(session)  # first, so a replay cannot bring them back
         self.metrics.session_spool_turns.set(self.spool.turns)
         try:
-            existed = await store.delete(session_id, timeout_s=self.spec().redis_timeout_s)
+            existed = await store.delete(
+                session, tombstone_s=tombstone_s(policy), timeout_s=self.spec().redis_timeout_s
+            )
         except StoreUnavailable as exc:
             self._failed(exc)
             raise SessionStoreUnavailable("The session store is unavailable; retry later.") from exc
         if not existed and not pending:
-            raise SessionNotFound(f"No session {session_id!r}.", param="session_id")
+            raise _not_found(session)
 
     def _require_store(self) -> SessionStore:
         if self.store is None:
             raise SessionsDisabled("Sessions are disabled on this gateway (REDIS_URL is not set).")
         return self.store
+
+
+def _not_found(session: SessionRef) -> SessionNotFound:
+    # The same answer whether the id is free or another caller's: existence is not revealed.
+    return SessionNotFound(f"No session {session.session_id!r}.", param="session_id")
+
+
+def _same_request(turn: StoredTurn, request_id: str, digest: str) -> bool:
+    """Whether ``turn`` was stored by this very request (an earlier attempt of a retry).
+
+    Turns stored before digests existed match on the request id alone.
+    """
+    return turn.get("request_id") == request_id and turn.get("digest", digest) == digest
+
+
+def _honour_cancellation() -> None:
+    """Raise CancelledError if this task was asked to stop and a library ate the request.
+
+    redis-py (8.2) can return a call's result although the task was cancelled meanwhile
+    (seen when a stopping gateway cancels the replayer mid-replay): the replayer would then
+    go back to waiting and never end, and the shutdown with it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -2,7 +2,9 @@
 
 In-process and per gateway replica, bounded in turns. When full, the oldest appends are
 dropped (and counted) to make room: a long outage loses the oldest history first, never
-the newest. Replaying is safe to repeat because every append is idempotent per request id.
+the newest. Replaying is safe to repeat because every append is idempotent per request id
+and content, and it respects deletions because every append carries the generation its
+request loaded (see :mod:`gateway.sessions.store`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gateway.sessions.keys import SessionRef
+from gateway.sessions.store import UNKNOWN_GENERATION
 from gateway.sessions.turns import StoredTurn
 
 
@@ -18,10 +22,12 @@ from gateway.sessions.turns import StoredTurn
 class PendingAppend:
     """One request's turns, as the store's ``append`` takes them."""
 
-    session_id: str
+    session: SessionRef
     request_id: str
     turns: tuple[StoredTurn, ...]
     replace: bool = False
+    digest: str | None = None
+    generation: int = UNKNOWN_GENERATION
 
 
 class Spool:
@@ -66,22 +72,22 @@ class Spool:
         if self._entries and self._entries[0] is entry:
             self._remove_head()
 
-    def pending_for(self, session_id: str) -> tuple[list[StoredTurn], bool]:
-        """Turns of ``session_id`` not yet written, oldest first, and whether one of the
+    def pending_for(self, session: SessionRef) -> tuple[list[StoredTurn], bool]:
+        """Turns of ``session`` not yet written, oldest first, and whether one of the
         pending appends replaces the stored history (which then no longer counts)."""
         turns: list[StoredTurn] = []
         replaces = False
         for entry in self._entries:
-            if entry.session_id == session_id:
+            if entry.session == session:
                 if entry.replace:
                     turns.clear()
                     replaces = True
                 turns.extend(entry.turns)
         return turns, replaces
 
-    def discard(self, session_id: str) -> int:
+    def discard(self, session: SessionRef) -> int:
         """Forget the session's pending appends (the session was erased); returns turns."""
-        kept = deque(entry for entry in self._entries if entry.session_id != session_id)
+        kept = deque(entry for entry in self._entries if entry.session != session)
         removed = self._turns - sum(len(entry.turns) for entry in kept)
         self._entries = kept
         self._turns -= removed

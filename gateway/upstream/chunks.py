@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from gateway.protocol import Usage
+from gateway.text import may_hold_surrogates, scrub_surrogates
 
 Chunk = dict[str, object]
 
@@ -19,12 +20,27 @@ _OUTPUT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
 
 
 def parse_chunk(data: bytes) -> Chunk | None:
-    """The chunk as a JSON object, or None when the payload is not one (malformed)."""
+    """The chunk as a JSON object, or None when the payload is not one (malformed).
+
+    Text that UTF-8 cannot encode (a lone surrogate, see :mod:`gateway.text`) is repaired
+    here, with U+FFFD: what a node says must not break the relay, the session or the reply.
+    """
+    event = parse_event(data)
+    return None if event is None else event[0]
+
+
+def parse_event(data: bytes) -> tuple[Chunk, bytes] | None:
+    """:func:`parse_chunk`, and the payload to pass on: ``data`` itself, or the repaired
+    chunk re-encoded when its text had to be repaired."""
     try:
         parsed = json.loads(data)
     except (ValueError, RecursionError):
         return None
-    return cast(Chunk, parsed) if isinstance(parsed, dict) else None
+    if not isinstance(parsed, dict):
+        return None
+    if may_hold_surrogates(data) and scrub_surrogates(parsed):
+        data = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
+    return cast(Chunk, parsed), data
 
 
 def choices_of(chunk: Chunk) -> list[dict[str, object]]:
@@ -148,5 +164,6 @@ __all__ = [
     "delta_of",
     "has_output",
     "parse_chunk",
+    "parse_event",
     "usage_of",
 ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from gateway.protocol import Tier, Usage
 from gateway.routing.policy import Policy
+from gateway.text import may_hold_surrogates, scrub_surrogates
 from gateway.upstream.aggregate import CompletionBuilder
 from gateway.upstream.chunks import usage_of
 from gateway.upstream.continuation import Answer
@@ -43,7 +44,7 @@ async def complete_answer(
     """The answer to a non-streaming request, or a :class:`~gateway.errors.GatewayError`."""
     if not streams_internally(policy, plan):
         lease, payload = await forwarder.complete(policy, plan, deadline=deadline)
-        usage = _payload_usage(payload)
+        payload, usage = _read_payload(payload)
         return Completed(
             lease=lease,
             payload=payload,
@@ -68,12 +69,18 @@ async def complete_answer(
         answer.close()
 
 
-def _payload_usage(payload: bytes) -> Usage | None:
+def _read_payload(payload: bytes) -> tuple[bytes, Usage | None]:
+    """The node's answer, its text repaired where UTF-8 cannot encode it (see
+    :mod:`gateway.text`), and its usage."""
     try:
         parsed = json.loads(payload)
-    except ValueError:
-        return None
-    return usage_of(parsed.get("usage")) if isinstance(parsed, dict) else None
+    except (ValueError, RecursionError):
+        return payload, None
+    if not isinstance(parsed, dict):
+        return payload, None
+    if may_hold_surrogates(payload) and scrub_surrogates(parsed):
+        payload = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
+    return payload, usage_of(parsed.get("usage"))
 
 
 __all__ = ["Completed", "complete_answer", "streams_internally"]

@@ -50,7 +50,7 @@ from gateway.upstream.chunks import (
     add_usage,
     choices_of,
     delta_of,
-    parse_chunk,
+    parse_event,
 )
 from gateway.upstream.client import UpstreamStream
 from gateway.upstream.forward import CONTEXT_LENGTH_EXCEEDED, AttemptPlan, Failure, Forwarder
@@ -262,11 +262,12 @@ class Answer:
             else:
                 await self._broken("stream_cut", None)
             return
-        chunk = parse_chunk(data)
-        if chunk is None:
+        event = parse_event(data)
+        if event is None:
             # A garbled event may have carried text; the answer can't be trusted past it.
             await self._broken("stream_malformed", None)
             return
+        chunk, data = event  # data: repaired when the node sent text UTF-8 cannot encode
         if "error" in chunk and not choices_of(chunk):
             await self._broken("stream_error", None)
             return

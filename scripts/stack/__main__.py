@@ -156,7 +156,9 @@ def _parse_args(argv: list[str] | None) -> StackConfig:
         "--logs", type=Path, metavar="DIR", help="log directory (default RUN_DIR/logs)"
     )
     parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY, help="routing policy YAML")
-    parser.add_argument("--cloud-profile", help="cloud_node profile (default: gpu-single or cpu)")
+    parser.add_argument(
+        "--cloud-profile", help="cloud_node profile (default: cpu or gpu-dev, per vLLM build)"
+    )
     parser.add_argument(
         "--cloud-model", help="checkpoint dir or Hugging Face id for vLLM (default: SmolLM2)"
     )

@@ -80,7 +80,7 @@ class StackConfig:
     policy: Path = DEFAULT_POLICY
     redis_url: str | None = None
     cloud_profile: str | None = None
-    """A cloud_node profile (file or bundled name); None: gpu-single with a GPU, else cpu."""
+    """A cloud_node profile (file or bundled name); None: cpu or gpu-dev, per vLLM build."""
     cloud_model: str | None = None
     """What vLLM serves; None: the SmolLM2 checkpoint that ``cloud_node prepare`` makes."""
     vllm_python: Path = VLLM_PYTHON

@@ -3,6 +3,11 @@
 Children are signalled by process group, because vLLM forks an engine-core process that
 must go with its server. On Linux they also get SIGTERM when the stack dies without
 cleaning up (SIGKILL), so a killed stack leaves no servers holding the ports.
+
+The test fixtures and the benchmarks start their servers with the same two helpers:
+:func:`die_with_parent` for the server itself, and :class:`GroupWatchdog` for a server that
+forks children of its own (vLLM's engine core), which the kernel's parent-death signal
+does not reach.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +33,19 @@ STOP_TIMEOUT_S = 20.0
 
 @dataclass(slots=True, kw_only=True)
 class Service:
-    """A process the stack started: its name for people, its PID (= process group), its log."""
+    """A process the stack started: its name for people, its PID (= process group), its log,
+    and the watchdog that stops its group if the stack dies without stopping it."""
 
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    watchdog: GroupWatchdog | None = None
+
+    def stop(self) -> None:
+        """Stop the process group (bounded), then release the watchdog."""
+        stop_group(self.process)
+        if self.watchdog is not None:
+            self.watchdog.disarm()
 
     def exited(self) -> int | None:
         return self.process.poll()
@@ -59,9 +72,13 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(),
         )
-    return Service(name=name, process=process, log_path=log_path)
+    # The kernel's parent-death signal reaches only the leader: a vLLM still loading, or its
+    # engine core, would outlive a killed stack. The watchdog stops the whole group.
+    return Service(
+        name=name, process=process, log_path=log_path, watchdog=GroupWatchdog(process.pid)
+    )
 
 
 def stop_group(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -153,10 +170,88 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the stack dies without stopping us."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(signum: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``signum`` when its parent dies without stopping it.
+
+    Linux's ``PR_SET_PDEATHSIG`` (elsewhere nothing). It survives ``exec`` but not
+    ``fork``: a server's own children need a :class:`GroupWatchdog`. And the kernel sends it
+    when the *thread* that started the child ends: start children from a thread that
+    outlives them (the main thread, or an event loop's worker threads, which live until
+    the loop closes). Make one per ``Popen``: it checks that this process is still there.
+    """
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, int(signum))
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os.kill(os.getpid(), signum)
+
+    return preexec
+
+
+# The watchdog's whole program: it runs as ``python -I -S -c`` (no site, starts in ~20 ms).
+_WATCHDOG = """\
+import os, signal, sys, time
+pgid, grace_s = int(sys.argv[1]), float(sys.argv[2])
+if sys.stdin.buffer.read(1):
+    sys.exit(0)  # disarmed: the owner stopped the group itself
+
+
+def signal_group(signum):
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+if signal_group(signal.SIGTERM):
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and signal_group(0):
+        time.sleep(0.1)
+    signal_group(signal.SIGKILL)
+"""
+
+
+class GroupWatchdog:
+    """Stops a process group when this process dies without stopping it (even by SIGKILL).
+
+    A small process of its own session (no terminal signal reaches it) reads a pipe whose
+    only writer is this process. End of file without a word means this process is gone:
+    the watchdog sends the group SIGTERM, and SIGKILL ``grace_s`` later if any of it is
+    left. Unlike ``PR_SET_PDEATHSIG`` it reaches the whole group, grandchildren included,
+    whichever thread started it. Call :meth:`disarm` once the group has been stopped.
+    """
+
+    def __init__(self, pgid: int, *, grace_s: float = 10.0) -> None:
+        self.pgid = pgid
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(pgid), str(grace_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def disarm(self, timeout_s: float = 5.0) -> None:
+        """The group was stopped by its owner: the watchdog exits without signalling it."""
+        stdin = self._process.stdin
+        if stdin is not None and not stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.write(b"x")
+                stdin.flush()
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+        try:
+            self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

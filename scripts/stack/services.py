@@ -99,32 +99,23 @@ def start_edge(stack: Stack) -> Service:
     return service
 
 
-def has_gpu() -> bool:
-    """True when ``nvidia-smi -L`` lists a GPU (the check scripts/setup_venvs.sh makes too)."""
-    if shutil.which("nvidia-smi") is None:
-        return False
-    try:
-        result = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return result.returncode == 0 and "GPU" in result.stdout
-
-
 def start_cloud(stack: Stack) -> Service:
     """vLLM through ``cloud_node serve``, in the vLLM environment, after preparing its model."""
+    from cloud_node.errors import CloudNodeError
     from cloud_node.launcher import find_profile
     from cloud_node.profile import load_profile
 
     config = stack.config
     if not config.vllm_python.is_file():
         raise StackError(f"{config.vllm_python} is missing: run `make setup` (or use --no-cloud)")
-    profile_ref = config.cloud_profile or ("gpu-single" if has_gpu() else "cpu")
-    profile = load_profile(find_profile(profile_ref))
     # cloud_node is not installed in the vLLM environment: it runs from this checkout.
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env = {"PYTHONPATH": path}
+    try:
+        profile_ref = config.cloud_profile or installed_dev_profile(config.vllm_python, env)
+        profile = load_profile(find_profile(profile_ref))
+    except CloudNodeError as exc:
+        raise StackError(f"cloud node: {exc}") from exc
     argv = [str(config.vllm_python), "-m", "cloud_node", "serve", "--profile", profile_ref]
     argv += ["--host", HOST, "--port", str(stack.ports.cloud)]
     if config.cloud_model is None:
@@ -141,6 +132,19 @@ def start_cloud(stack: Stack) -> Service:
         f"cloud: starting vLLM, {profile.build} profile {profile_ref!r} (pid {service.process.pid})"
     )
     return service
+
+
+def installed_dev_profile(python: Path, env: Mapping[str, str]) -> str:
+    """The development profile (``cpu`` or ``gpu-dev``) for the vLLM build ``python`` has.
+
+    The build installed decides, not the hardware: ``make setup`` installs the build the
+    host needs, and a profile for any other build is refused by the launcher.
+    """
+    from cloud_node.builds import detect_build_of
+    from cloud_node.dev import dev_profile
+
+    build = detect_build_of(python, env={**os.environ, **env})
+    return dev_profile(build, python=str(python))
 
 
 def prepare_checkpoint(stack: Stack, env: Mapping[str, str]) -> str:
@@ -167,6 +171,7 @@ def prepare_checkpoint(stack: Stack, env: Mapping[str, str]) -> str:
             )
         time.sleep(0.2)
     stack.services.remove(service)
+    service.stop()  # already exited: reaps it and releases its watchdog
     lines = service.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     if code != 0 or not lines:
         raise StackError(

@@ -17,7 +17,6 @@ from scripts.stack.processes import (
     last_log_line,
     signals_held,
     spawn,
-    stop_group,
 )
 
 Progress = Callable[[str], None]
@@ -92,7 +91,7 @@ class Stack:
                 service = self.services.pop()
                 if service.exited() is None:
                     self.progress(f"stopping {service.name} (pid {service.process.pid})")
-                stop_group(service.process)
+                service.stop()
 
 
 def start_stack(

@@ -153,7 +153,7 @@ def test_full_profile_parses_into_typed_fields() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu-single", "gpu-tensor-parallel"])
+@pytest.mark.parametrize("name", ["cpu", "gpu-dev", "gpu-single", "gpu-tensor-parallel"])
 def test_bundled_profiles_are_valid(name: str) -> None:
     assert name in bundled_profiles()
     profile = load_profile(find_profile(name))
@@ -172,8 +172,23 @@ def test_cpu_profile_matches_the_ci_settings() -> None:
     assert profile.served_model_name != "smollm2-135m-instruct"  # the edge node's name
 
 
+def test_gpu_dev_profile_is_a_small_loopback_server() -> None:
+    profile = load_profile(find_profile("gpu-dev"))
+    assert (profile.build, profile.model, profile.host) == ("gpu", "prepared:smollm2", "127.0.0.1")
+    assert profile.max_model_len == 2048
+    # Leaves most of the GPU to others; vLLM needs this share free to start at all.
+    assert profile.gpu_memory_utilization is not None and profile.gpu_memory_utilization <= 0.3
+    assert profile.enable_prefix_caching
+    # auto: the checkpoint's bfloat16 where the GPU has it, float16 on older GPUs (an
+    # explicit bfloat16 makes vLLM refuse compute capability < 8.0).
+    assert profile.dtype == "auto"
+    assert profile.served_model_name == load_profile(find_profile("cpu")).served_model_name
+
+
 def test_unknown_profile_name_lists_the_bundled_ones() -> None:
-    with pytest.raises(ProfileError, match=r"no bundled profile of that name \(cpu, gpu-single"):
+    with pytest.raises(
+        ProfileError, match=r"no bundled profile of that name \(cpu, gpu-dev, gpu-single"
+    ):
         find_profile("gpu-huge")
 
 

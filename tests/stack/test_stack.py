@@ -28,6 +28,7 @@ from scripts.stack import (
     redis_answers,
     start_stack,
 )
+from scripts.stack.processes import die_with_parent
 from tests.stack._tools import REPO_ROOT
 
 FREE = Ports(gateway=0, edge=0, cloud=0, redis=0)
@@ -128,6 +129,7 @@ def test_edge_only_stack_serves_and_stops_everything(tmp_path: Path) -> None:
     redis = subprocess.Popen(
         ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
         stdout=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(signal.SIGKILL),  # gone with this process, whatever happens
     )
     try:
         _wait_for(lambda: redis_answers(f"redis://127.0.0.1:{redis_port}/0"), 15)
@@ -179,6 +181,7 @@ def test_cli_stops_everything_on_a_signal_or_a_dead_process(how: str, tmp_path: 
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
+        preexec_fn=die_with_parent(),  # SIGTERM: the stack stops its services, as on Ctrl-C
     )
     output: list[str] = []
     try:

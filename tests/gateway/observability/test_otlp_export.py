@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
+from scripts.stack.processes import die_with_parent
 from tests.conftest import policy_yaml
 from tests.gateway.observability.conftest import SIMPLE
 from tests.scripted import unused_port
@@ -129,7 +130,11 @@ async def test_gateway_process_exports_spans_and_logs_json_with_the_trace_id(
     stderr_path = tmp_path / "gateway.log"
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(  # noqa: ASYNC220 (started once, waited on below)
-            [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, stderr=stderr
+            [sys.executable, "-m", "gateway", "serve"],
+            cwd=ROOT,
+            env=env,
+            stderr=stderr,
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
     try:
         url = f"http://127.0.0.1:{port}"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.routing.policy import PolicyError, load_policy, parse_policy
+from gateway.routing.policy_file import read_policy_text
+from gateway.routing.state import load_routing_state
+from gateway.routing.yaml_lines import YAMLLimitError, YAMLLimits, load_located
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -125,3 +130,127 @@ def test_the_readme_policy_reference_is_a_valid_policy() -> None:
         "long-answer",
         "deep-conversation",
     ]
+
+
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("version: 1\ntiers:\n  x: a\x00b\n", 3, "control character U+0000 at column 7"),
+        ("version: 1\nx: \x07\n", 2, "control character U+0007 at column 4"),
+        ("version: 1\nx: &a [1, *a]\n", 2, "invalid YAML: an alias refers to its own anchor"),
+        ("x: &a {y: *a}\n", 1, "recursive alias"),
+        ("x: " + "[" * 10_000 + "]" * 10_000 + "\n", 1, "over a limit: nested deeper than 64"),
+        ("x:\n" + "".join(f"{'  ' * i}- \n" for i in range(1, 80)), 65, "nested deeper"),
+        (BILLION_LAUGHS, 1, "over a limit: more than 20000 values once aliases are expanded"),
+        ("x: [" + ", ".join(["1"] * 20_001) + "]\n", 1, "over a limit: more than 20000 values"),
+        ("version: 1\nwhen: 2001-13-01\n", 2, "cannot read the value '2001-13-01'"),
+        ("version: 1\nx: !!int nope\n", 2, "cannot read the value 'nope'"),
+        ("version: 1\nx: " + "9" * 5000 + "\n", 2, "cannot read the value '9999"),
+        ("version: 1\n? [a, b]\n: 1\n", 2, "a key must be a plain name"),
+    ],
+    ids=[
+        "nul",
+        "bell",
+        "recursive-list",
+        "recursive-map",
+        "10000-brackets",
+        "deep-block",
+        "billion-laughs",
+        "20001-values",
+        "bad-date",
+        "bad-int",
+        "5000-digits",
+        "list-key",
+    ],
+)
+def test_yaml_over_a_limit_or_unreadable_is_a_policy_error(
+    text: str, line: int, fragment: str
+) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, source="policy.yaml")
+    assert info.value.line == line
+    assert fragment in str(info.value)
+    assert str(info.value).startswith(f"policy.yaml:{line}: <document>: ")
+
+
+def test_aliases_within_the_budget_expand() -> None:
+    doc = load_located("a: &a [1, 2]\nb: [*a, *a]\n")
+    assert doc.data == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+
+
+def test_parsing_stops_at_its_deadline() -> None:
+    with pytest.raises(YAMLLimitError, match="parsing took longer than 0 s"):
+        load_located("a: 1\n", limits=YAMLLimits(timeout_s=0.0))
+
+
+def test_a_symlink_to_a_regular_file_is_read(tmp_path: Path) -> None:
+    real = tmp_path / "real.yaml"
+    real.write_text(GOOD)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(real)
+    assert load_policy(link).tiers["edge"].nodes[0].model == "m"
+
+
+def _fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo.yaml"
+    os.mkfifo(path)
+    return path
+
+
+def _link_to_dev_zero(tmp_path: Path) -> Path:
+    path = tmp_path / "zero.yaml"
+    path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (_link_to_dev_zero, "not a regular file: a character device (/dev/zero)"),
+        (_fifo, "not a regular file: a FIFO"),
+        (lambda tmp: tmp, "not a regular file: a directory"),
+    ],
+    ids=["dev-zero", "fifo", "directory"],
+)
+def test_only_regular_files_are_read(
+    tmp_path: Path, make: Callable[[Path], Path], fragment: str
+) -> None:
+    path = make(tmp_path)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)  # a FIFO without a writer would block here if it were opened blocking
+    assert str(info.value) == f"{path}: <document>: {fragment}"
+
+
+def test_a_file_over_the_size_cap_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    with path.open("wb") as file:
+        file.truncate(50 << 20)  # sparse: 50 MB that a read would have to allocate
+    with pytest.raises(PolicyError, match=f"{50 << 20} bytes, larger than the limit of 1048576"):
+        load_policy(path)
+    with pytest.raises(PolicyError, match="larger than the limit of 100 bytes"):
+        read_policy_text(tmp_path / "big.yaml", max_bytes=100)
+
+
+def test_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"version: 1\n# caf\xe9\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert info.value.line == 2
+    assert "not UTF-8 text (byte 0xe9)" in str(info.value)
+
+
+def test_classifier_weights_must_be_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "weights.json").symlink_to("/dev/zero")
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD + "routing:\n  classifier: {kind: learned, model: weights.json}\n")
+    with pytest.raises(PolicyError) as info:
+        load_routing_state(path)
+    assert info.value.key == "routing.classifier"
+    assert "cannot load classifier weights" in str(info.value)
+    assert "not a regular file: a character device (/dev/zero)" in str(info.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import aiohttp
@@ -13,11 +14,13 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import GatewayMetrics
-from gateway.routing.policy import SessionsSpec
-from gateway.sessions.keys import turns_key
+from gateway.routing.policy import SessionsSpec, parse_policy
+from gateway.sessions.keys import SessionRef, turns_key
 from gateway.sessions.service import SessionService
 from gateway.sessions.spool import PendingAppend
 from gateway.sessions.store import SessionStore
+from gateway.state import STATE
+from tests.conftest import policy_yaml
 from tests.gateway.sessions.conftest import ask, seen_messages, sid
 from tests.scripted import Script
 
@@ -29,7 +32,7 @@ WARNING = "x-gateway-session-warning"
 async def redis_turns(url: str, session: str) -> list[str]:
     raw = aioredis.Redis.from_url(url)
     try:
-        items = await raw.lrange(turns_key(session), 0, -1)
+        items = await raw.lrange(turns_key(SessionRef(session)), 0, -1)
     finally:
         await raw.aclose()
     return [f"{t['role']}:{t['content']}" for t in map(json.loads, items)]
@@ -221,12 +224,13 @@ async def test_replaying_a_request_that_is_already_stored_writes_nothing(redis_s
             {"role": "assistant", "content": "a", "request_id": "r1", "at": 1.0},
         )
         assert service.store is not None
+        s = SessionRef("s")
         await service.store.append(
-            "s", "r1", turns, replace=False, ttl_s=60, max_turns=10, timeout_s=0.5
+            s, "r1", turns, replace=False, ttl_s=60, max_turns=10, timeout_s=0.5
         )
-        service.spool.push(PendingAppend(session_id="s", request_id="r1", turns=turns))
+        service.spool.push(PendingAppend(session=s, request_id="r1", turns=turns))
         service.spool.push(
-            PendingAppend(session_id="s", request_id="r2", turns=(dict(turns[0], content="q2"),))
+            PendingAppend(session=s, request_id="r2", turns=(dict(turns[0], content="q2"),))
         )
         assert await service.drain()
         assert await redis_turns(redis_server.url, "s") == ["user:q", "assistant:a", "user:q2"]
@@ -265,7 +269,7 @@ async def test_a_key_redis_refuses_costs_that_session_only(redis_server, make_se
     setup = await make_sessions(redis_server.url)
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
-        await raw.set(turns_key("clobbered"), "not a list")
+        await raw.set(turns_key(SessionRef("clobbered")), "not a list")
     finally:
         await raw.aclose()
     async with setup.client() as client:
@@ -280,3 +284,152 @@ async def test_a_key_redis_refuses_costs_that_session_only(redis_server, make_se
     assert after[("gateway_session_store_errors_total", (("op", "append"),))] == 1
     assert after[("gateway_session_spool_dropped_turns_total", ())] == 2
     assert after[("gateway_session_spool_turns", ())] == 0
+
+
+async def test_a_poisoned_spool_entry_is_set_aside_and_the_rest_replayed(
+    redis_server, make_sessions, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry that cannot be written (text UTF-8 cannot encode: a lone surrogate) used to
+    kill the replayer silently, and with it every later replay. Now it is set aside,
+    counted and logged (the session hashed, no text), and the replayer goes on."""
+    setup = await make_sessions(redis_server.url)
+    setup.edge.script = Script(behaviour="echo")
+    service = setup.gateway.app[STATE].sessions
+    assert service is not None
+    poison = SessionRef("poisoned")
+    await asyncio.to_thread(redis_server.stop)
+    async with setup.client() as client:
+        await ask(client, sid("a", "edge"), "a1")
+        await ask(client, sid("b", "edge"), "b1")
+        # As a turn that bypassed the repair at turn_of() would be: unencodable text.
+        service.spool.push(
+            PendingAppend(
+                session=poison,
+                request_id="p1",
+                turns=({"role": "assistant", "content": "bad \ud800 text", "at": 1.0},),
+            )
+        )
+        await ask(client, sid("a", "edge"), "a2")
+        await ask(client, sid("b", "edge"), "b2")
+        await ask(client, sid("c", "edge"), "c1")
+    await asyncio.to_thread(redis_server.start)
+    for session in ("a", "b", "c"):
+        await wait_for_turns(redis_server.url, session, 2 if session == "c" else 4)
+    assert await redis_turns(redis_server.url, "a") == pairs(("a1", 1), ("a2", 3))
+    assert await redis_turns(redis_server.url, "b") == pairs(("b1", 1), ("b2", 3))
+    assert await redis_turns(redis_server.url, "c") == pairs(("c1", 1))
+    assert await redis_turns(redis_server.url, "poisoned") == []
+    after = await metrics(setup.gateway.url)
+    assert after[("gateway_session_spool_poisoned_total", ())] == 1
+    assert after[("gateway_session_spool_dropped_turns_total", ())] == 1
+    assert after[("gateway_session_replayed_turns_total", ())] == 10  # each exactly once
+    assert after[("gateway_session_spool_turns", ())] == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        f"session spool: set aside request p1 of session {poison.log_id} (1 turns) after an "
+        "unexpected UnicodeEncodeError"
+    ]
+    assert "poisoned" not in caplog.text and "bad" not in caplog.text
+    # The replayer is alive: another outage is ridden out the same way.
+    await asyncio.to_thread(redis_server.stop)
+    async with setup.client() as client:
+        raw = await ask(client, sid("d", "edge"), "d1")
+        assert raw.headers[WARNING] == "store-unavailable"
+    await asyncio.to_thread(redis_server.start)
+    await wait_for_turns(redis_server.url, "d", 2)
+
+
+async def test_a_node_reply_with_a_lone_surrogate_is_stored_repaired(
+    redis_server, make_sessions
+) -> None:
+    """With Redis up, and spooled then replayed with Redis down: the turn is stored with
+    U+FFFD where the surrogate was, and the stream ends with [DONE]."""
+    setup = await make_sessions(redis_server.url)
+    setup.edge.script = Script(chunks=("bad ", "\ud800", " text"))
+    async with setup.client() as client:
+        for session in ("up", "down"):
+            if session == "down":
+                await asyncio.to_thread(redis_server.stop)
+            stream = await client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "hi"}], stream=True,
+                extra_headers=sid(session, "edge"),
+            )  # fmt: skip
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text == "bad \ufffd text"
+            if session == "up":
+                assert await redis_turns(redis_server.url, "up") == [
+                    "user:hi", "assistant:bad \ufffd text",
+                ]  # fmt: skip
+    await asyncio.to_thread(redis_server.start)
+    await wait_for_turns(redis_server.url, "down", 2)
+    assert await redis_turns(redis_server.url, "down") == ["user:hi", "assistant:bad \ufffd text"]
+    assert (await metrics(setup.gateway.url))[("gateway_session_spool_poisoned_total", ())] == 0
+
+
+async def test_an_unexpected_error_in_the_replay_loop_is_logged_counted_and_survived(
+    redis_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not an entry's fault (here: the policy snapshot cannot be read once): the replayer
+    logs it with its traceback, counts it, pauses, and goes on."""
+    spec = SessionsSpec(redis_timeout_s=0.5)
+    fail_next = [False]
+
+    def current_spec() -> SessionsSpec:
+        if fail_next[0]:
+            fail_next[0] = False
+            raise RuntimeError("no policy snapshot")
+        return spec
+
+    metrics_ = GatewayMetrics()
+    service = SessionService(
+        store=SessionStore.from_url(redis_server.url), spec=current_spec, metrics=metrics_
+    )
+    replay = asyncio.create_task(service.run_replay())
+    try:
+        fail_next[0] = True
+        turn = {"role": "user", "content": "q", "request_id": "r1", "at": 1.0}
+        service._spool(PendingAppend(session=SessionRef("s"), request_id="r1", turns=(turn,)), spec)
+        await wait_for_turns(redis_server.url, "s", 1)
+        assert not replay.done()
+        errors = metrics_.registry.get_sample_value(
+            "gateway_session_store_errors_total", {"op": "replay"}
+        )
+        assert errors == 1
+        record = next(r for r in caplog.records if "session replayer" in r.getMessage())
+        assert record.levelno == logging.ERROR and record.exc_info is not None
+    finally:
+        replay.cancel()
+        await asyncio.gather(replay, return_exceptions=True)
+        await service.aclose()
+
+
+async def test_a_turn_that_cannot_be_encoded_fails_alone_not_the_answer(
+    redis_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis up, an append that fails unexpectedly costs its turns (counted, logged
+    without the text), never the response that is being served."""
+    policy = parse_policy(policy_yaml([("http://127.0.0.1:1", "m")], []))
+    metrics_ = GatewayMetrics()
+    service = SessionService(
+        store=SessionStore.from_url(redis_server.url),
+        spec=lambda: policy.sessions,
+        metrics=metrics_,
+    )
+    try:
+        conversation = await service.open(
+            {"x-session-id": "odd"},
+            {"model": "auto", "messages": [{"role": "user", "content": "secret question"}]},
+            request_id="r1",
+            policy=policy,
+        )
+        assert conversation is not None
+        unencodable = {"role": "assistant", "content": "x", "tool_calls": [{"odd": {1, 2}}]}
+        await conversation.record_reply(unencodable, "edge", None)  # does not raise
+        assert metrics_.registry.get_sample_value("gateway_session_spool_dropped_turns_total") == 2
+        assert await redis_turns(redis_server.url, "odd") == []
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+            f"session {SessionRef('odd').log_id}: turns not stored after an unexpected TypeError"
+        ]
+        assert "secret" not in caplog.text
+    finally:
+        await service.aclose()

@@ -4,6 +4,7 @@ official openai SDK as the client (the session id travels in ``extra_headers``).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import openai
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.routing.tokens import count_tokens
-from gateway.sessions.keys import turns_key
+from gateway.sessions.keys import SessionRef, turns_key
 from tests.gateway.sessions.conftest import ask, seen_messages, sid, texts
 from tests.scripted import Script
 
@@ -193,6 +194,98 @@ async def test_a_retry_with_the_same_request_id_is_stored_once(redis_server, mak
     ]  # fmt: skip
 
 
+async def test_a_reused_request_id_with_other_content_is_stored(
+    redis_server, make_sessions
+) -> None:
+    """Not a retry: a client (or a proxy) that sends every turn with the same x-request-id.
+    Each turn is stored, and each sees the ones before it."""
+    setup = await make_sessions(redis_server.url)
+    setup.edge.script = Script(behaviour="echo")
+    same = sid("reuse", "edge", **{"x-request-id": "fixed-id"})
+    async with setup.client() as client:
+        await ask(client, same, "one")
+        await ask(client, same, "two")
+        await ask(client, same, "two")  # a retry of the second: stored once
+        await ask(client, same, "three")
+    assert texts(seen_messages(setup.edge, 1)) == ["user:one", "assistant:[1] one", "user:two"]
+    assert seen_messages(setup.edge, 2) == seen_messages(setup.edge, 1)
+    assert len(seen_messages(setup.edge, 3)) == 5
+    assert await stored(setup, "reuse") == [
+        "user:one", "assistant:[1] one", "user:two", "assistant:[3] two",
+        "user:three", "assistant:[5] three",
+    ]  # fmt: skip
+
+
+SLOW_REDIS_LUA = """
+local now = redis.call('TIME')
+local stop = tonumber(now[1]) * 1000000 + tonumber(now[2]) + tonumber(ARGV[1]) * 1000
+repeat now = redis.call('TIME') until tonumber(now[1]) * 1000000 + tonumber(now[2]) >= stop
+return 1
+"""
+"""Keeps Redis busy for ARGV[1] ms: every other call waits behind it (a slow Redis)."""
+
+
+async def test_sdk_streams_with_a_session_are_served_and_counted_ok(
+    redis_server, make_sessions, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The openai SDK hangs up soon after it reads [DONE] (it drains the body for 0.1 s at
+    most). The turn used to be appended after [DONE]: with Redis a little slow, the
+    client was gone before the response ended, and the answer was logged and counted as a
+    failure. Now each is counted ok, with its tokens, its turn stored once, no error logged."""
+    setup = await make_sessions(redis_server.url)
+    setup.edge.script = Script(behaviour="echo", chunk_delay_s=0.05)
+    count = 20
+    raw_redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with setup.client() as client:
+            for i in range(count):
+                stream = await client.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": f"q{i}"}], stream=True,
+                    extra_headers=sid("sdk", "edge"),
+                )  # fmt: skip
+                chunks = aiter(stream)
+                first = await anext(chunks)
+                # Redis slows down while the answer ends, so the append takes ~0.15 s.
+                slow = asyncio.create_task(raw_redis.eval(SLOW_REDIS_LUA, 0, 250))
+                rest = [chunk async for chunk in chunks]
+                await slow
+                chunks_read = [first, *rest]
+                text = "".join(c.choices[0].delta.content or "" for c in chunks_read if c.choices)
+                assert text == f"[{2 * i + 1}] q{i}"  # each turn saw all the ones before it
+    finally:
+        await raw_redis.aclose()
+    turns = await stored(setup, "sdk")
+    assert turns == [
+        line for i in range(count) for line in (f"user:q{i}", f"assistant:[{2 * i + 1}] q{i}")
+    ]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{setup.gateway.url}/metrics") as response:
+            text = await response.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    outcomes = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in samples.items()
+        if name == "gateway_requests_total"
+    }
+    assert outcomes == {"ok": count}
+    # The echo answer is 2 chunks; the prompt grows by 2 messages per turn (5 tokens each).
+    completion = (("direction", "completion"), ("tier", "edge"))
+    assert samples[("gateway_tokens_total", completion)] == 2 * count
+    statuses = {
+        dict(labels)["status"]
+        for (name, labels), _ in samples.items()
+        if name == "gateway_http_responses_total"
+        and dict(labels)["route"] == "/v1/chat/completions"
+    }
+    assert "500" not in statuses
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
 async def test_concurrent_requests_on_one_session_lose_and_mix_nothing(
     redis_server, make_sessions
 ) -> None:
@@ -264,10 +357,10 @@ async def test_ttl_is_refreshed_on_every_turn(redis_server, make_sessions) -> No
     try:
         async with setup.client() as client:
             await ask(client, sid("ttl", "edge"), "one")
-            assert 590 <= await raw.ttl(turns_key("ttl")) <= 600
-            await raw.expire(turns_key("ttl"), 30)
+            assert 590 <= await raw.ttl(turns_key(SessionRef("ttl"))) <= 600
+            await raw.expire(turns_key(SessionRef("ttl")), 30)
             await ask(client, sid("ttl", "edge"), "two")
-            assert await raw.ttl(turns_key("ttl")) > 500
+            assert await raw.ttl(turns_key(SessionRef("ttl"))) > 500
     finally:
         await raw.aclose()
 
@@ -304,7 +397,8 @@ async def test_session_api_reads_and_erases(redis_server, make_sessions) -> None
                 assert (await response.json())["error"]["code"] == "session_not_found"
     raw_redis = aioredis.Redis.from_url(redis_server.url)
     try:
-        assert await raw_redis.keys("gw:{api}*") == []
+        # No turn and no marker left: only the tombstone (the generation, see test_store).
+        assert await raw_redis.keys("gw:{api}*") == [b"gw:{api}:gen"]
     finally:
         await raw_redis.aclose()
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from gateway.sessions.keys import SessionRef
 from gateway.sessions.spool import PendingAppend, Spool
 
 
 def entry(session: str, request: str, turns: int = 2, *, replace: bool = False) -> PendingAppend:
     return PendingAppend(
-        session_id=session,
+        session=SessionRef(session),
         request_id=request,
         turns=tuple({"role": "user", "content": f"{request}-{i}", "at": 0.0} for i in range(turns)),
         replace=replace,
@@ -59,9 +60,9 @@ def test_pending_for_a_session_respects_replacements() -> None:
     spool = Spool(100)
     spool.push(entry("s", "r1"))
     spool.push(entry("other", "x1"))
-    assert [t["content"] for t in spool.pending_for("s")[0]] == ["r1-0", "r1-1"]
+    assert [t["content"] for t in spool.pending_for(SessionRef("s"))[0]] == ["r1-0", "r1-1"]
     spool.push(entry("s", "r2", replace=True))
-    turns, replaces = spool.pending_for("s")
+    turns, replaces = spool.pending_for(SessionRef("s"))
     assert replaces and [t["content"] for t in turns] == ["r2-0", "r2-1"]
 
 
@@ -70,5 +71,16 @@ def test_discard_forgets_one_session() -> None:
     spool.push(entry("s", "r1"))
     spool.push(entry("other", "x1"))
     spool.push(entry("s", "r2"))
-    assert spool.discard("s") == 4
+    assert spool.discard(SessionRef("s")) == 4
     assert [e.request_id for e in spool] == ["x1"] and spool.turns == 2
+
+
+def test_sessions_of_different_owners_are_different_sessions() -> None:
+    spool = Spool(100)
+    mine, theirs = SessionRef("s", "owner-a"), SessionRef("s", "owner-b")
+    spool.push(PendingAppend(session=mine, request_id="r1", turns=entry("s", "r1").turns))
+    spool.push(PendingAppend(session=theirs, request_id="r2", turns=entry("s", "r2").turns))
+    assert [t["content"] for t in spool.pending_for(mine)[0]] == ["r1-0", "r1-1"]
+    assert spool.pending_for(SessionRef("s"))[0] == []
+    assert spool.discard(theirs) == 2
+    assert [e.request_id for e in spool] == ["r1"]

@@ -1,0 +1,86 @@
+"""Nodes from GATEWAY_EDGE_URLS / GATEWAY_CLOUD_URLS keep to the policy's per-node limit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from gateway.routing.policy import parse_policy
+from gateway.settings import settings_from_env
+from gateway.state import STATE
+from tests.conftest import GatewayFactory, policy_yaml
+from tests.scripted import Script, ScriptedUpstream
+
+StartUpstream = Callable[[str], Awaitable[ScriptedUpstream]]
+
+HI = {"role": "user", "content": "hi"}
+
+
+def limited(per_node: int, tier: str = "edge") -> str:
+    """The test policy, no nodes of its own, ``max_concurrency_per_node`` on ``tier``."""
+    window = "2048" if tier == "edge" else "8192"
+    return policy_yaml([], []).replace(
+        f"  {tier}:\n    context_window: {window}\n",
+        f"  {tier}:\n    context_window: {window}\n    max_concurrency_per_node: {per_node}\n",
+    )
+
+
+def test_env_nodes_take_the_tiers_limit() -> None:
+    settings = settings_from_env(
+        {
+            "GATEWAY_EDGE_URLS": "http://e1:8001=small,http://e2:8001=small",
+            "GATEWAY_CLOUD_URLS": "http://c1:8000=big",
+        }
+    )
+    policy = parse_policy(limited(3, "cloud"))
+    for tier, nodes in settings.node_overrides().items():
+        policy = policy.with_nodes(tier, nodes)
+    assert [n.max_concurrency for n in policy.tiers["cloud"].nodes] == [3]
+    assert [n.max_concurrency for n in policy.tiers["edge"].nodes] == [16, 16]  # the default
+    assert [n.name for n in policy.tiers["edge"].nodes] == ["edge-1", "edge-2"]
+
+
+async def test_an_env_node_never_gets_more_than_the_policys_limit(
+    upstreams: StartUpstream, make_gateway: GatewayFactory
+) -> None:
+    """The reproducer: 6 concurrent requests, limit 2, the node defined by the environment."""
+    edge = await upstreams("edge-model")
+    edge.script = Script(first_token_delay_s=1.0)
+    overrides = settings_from_env({"GATEWAY_EDGE_URLS": f"{edge.url}=edge-model"})
+    gateway = await make_gateway(limited(2), edge_nodes=overrides.edge_nodes)
+
+    async def ask(session: aiohttp.ClientSession) -> tuple[int, dict[str, object]]:
+        async with session.post(
+            f"{gateway.url}/v1/chat/completions", json={"model": "edge", "messages": [HI]}
+        ) as response:
+            return response.status, await response.json()
+
+    async with aiohttp.ClientSession() as session:
+        answers = await asyncio.gather(*(ask(session) for _ in range(6)))
+    assert edge.peak_in_flight == 2  # reached, never passed
+    assert [n.spec.max_concurrency for n in gateway.app[STATE].pool.nodes("edge")] == [2]
+    statuses = sorted(status for status, _ in answers)
+    assert statuses.count(200) >= 2 and set(statuses) <= {200, 503}, answers
+    for status, body in answers:
+        if status == 503:  # the node was full and the cloud tier has none
+            assert body["error"]["code"] == "no_healthy_upstream"  # type: ignore[index]
+
+
+async def test_a_reloaded_limit_applies_to_env_nodes(
+    upstreams: StartUpstream, make_gateway: GatewayFactory
+) -> None:
+    cloud = await upstreams("cloud-model")
+    overrides = settings_from_env({"GATEWAY_CLOUD_URLS": f"{cloud.url}=cloud-model"})
+    gateway = await make_gateway(limited(4, "cloud"), cloud_nodes=overrides.cloud_nodes)
+    pool = gateway.app[STATE].pool
+    assert [n.spec.max_concurrency for n in pool.nodes("cloud")] == [4]
+
+    gateway.policy_path.write_text(limited(1, "cloud"))
+    deadline = time.monotonic() + 10
+    while [n.spec.max_concurrency for n in pool.nodes("cloud")] != [1]:
+        assert time.monotonic() < deadline, "the reloaded limit never reached the env node"
+        await asyncio.sleep(0.05)
+    assert [n.spec.url for n in pool.nodes("cloud")] == [cloud.url]  # still the env's node
