@@ -8,6 +8,7 @@ PYTHON ?= python3
 
 help:
 	@echo "make run     bring up the local stack (redis, edge node, cloud node, gateway)"
+	@echo "             options: ARGS=\"--ports gateway=9080 --no-cloud\" (python -m scripts.stack -h)"
 	@echo "make test    lint, type-check and run the test suite (sets everything up first)"
 	@echo "make check   lint and type-check only"
 	@echo "make bench   run the benchmarks in bench/"
@@ -29,8 +30,11 @@ format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# ARGS passes options on: make run ARGS="--ports gateway=9080 --no-cloud". exec makes the stack
+# make's own child, which make sends SIGTERM; --stop-with-parent covers SIGINT, which make
+# does not pass on (it waits for the recipe instead).
 run: setup
-	$(PY) -m scripts.stack
+	exec $(PY) -m scripts.stack --stop-with-parent $(ARGS)
 
 bench: setup
 	$(PY) bench/overhead.py

@@ -56,6 +56,10 @@ def build_launch(profile: Profile, *, python: str) -> LaunchSpec:
         argv.append("--enforce-eager" if profile.enforce_eager else "--no-enforce-eager")
     if profile.speculative_config is not None:
         argv += ["--speculative-config", profile.speculative_config]
+    if profile.tool_call_parser is not None:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_call_parser]
+    if profile.tool_strict_level is not None:
+        argv += ["--tool-strict-level", profile.tool_strict_level]
     argv += profile.extra_args
 
     env = dict(profile.env)

@@ -34,8 +34,10 @@ PROFILE_VERSION = 1
 
 Build = Literal["gpu", "cpu"]
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+ToolStrictLevel = Literal["auto", "function", "parameter"]
 _BUILDS: tuple[Build, ...] = get_args(Build)
 _DTYPES: tuple[Dtype, ...] = get_args(Dtype)
+_STRICT_LEVELS: tuple[ToolStrictLevel, ...] = get_args(ToolStrictLevel)
 
 # Set through their own profile fields, so that a profile cannot say two things at once.
 _RESERVED_ENV = {
@@ -43,6 +45,7 @@ _RESERVED_ENV = {
     "VLLM_API_KEY": "api_key",
 }
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PARSER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 T = TypeVar("T")
 
@@ -68,6 +71,17 @@ class Profile:
     enforce_eager: bool | None = None
     # Canonical JSON text of an object, passed to --speculative-config unchanged.
     speculative_config: str | None = None
+    # The model's tool-call format (hermes for Qwen2.5, llama3_json, mistral, ...). Set, it
+    # starts vLLM with --enable-auto-tool-choice --tool-call-parser NAME: in vLLM 0.32 the
+    # two flags are one setting. The parser is loaded only with the first flag, the first
+    # flag refuses to start without the second, and without a loaded parser vLLM answers
+    # 400 to every tool_choice but "none": "auto" (the default when a request sends
+    # tools), "required" and a named function alike (vllm/renderers/online_renderer.py).
+    tool_call_parser: str | None = None
+    # --tool-strict-level: what vLLM's grammar pins in a tool call. vLLM's own default,
+    # auto, pins the call's envelope for "required" and named choices but the arguments
+    # only for tools that say `strict: true`; parameter pins every tool's argument schema.
+    tool_strict_level: ToolStrictLevel | None = None
     # Passed through the VLLM_API_KEY variable, not argv, so `ps` does not show it.
     api_key: str | None = None
     cpu_kvcache_space_gib: int | None = None
@@ -178,6 +192,8 @@ def _validate(data: Mapping[str, object], where: Callable[[str], str]) -> Profil
         enable_prefix_caching=get("enable_prefix_caching", _bool, None),
         enforce_eager=get("enforce_eager", _bool, None),
         speculative_config=get("speculative_config", _json_object, None),
+        tool_call_parser=get("tool_call_parser", _parser_name, None),
+        tool_strict_level=get("tool_strict_level", _one_of(_STRICT_LEVELS), None),
         api_key=get("api_key", _text, None),
         cpu_kvcache_space_gib=get("cpu_kvcache_space_gib", _int_in(1, None), None),
         env=get("env", _env, ()),
@@ -190,6 +206,11 @@ def _validate(data: Mapping[str, object], where: Callable[[str], str]) -> Profil
         raise ProfileError(
             f"{where('gpu_memory_utilization')}: set either gpu_memory_utilization (share of "
             "RAM to reserve) or cpu_kvcache_space_gib (KV-cache size), not both"
+        )
+    if profile.tool_strict_level is not None and profile.tool_call_parser is None:
+        raise ProfileError(
+            f"{where('tool_strict_level')}: needs tool_call_parser (vLLM constrains tool "
+            "calls only through a loaded parser)"
         )
     if build == "gpu" and profile.cpu_kvcache_space_gib is not None:
         raise ProfileError(
@@ -213,6 +234,13 @@ def _text(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid(f"expected a non-empty string, got {value!r}")
     return value
+
+
+def _parser_name(value: object) -> str:
+    text = _text(value)
+    if not _PARSER_NAME.match(text):
+        raise _Invalid(f"expected a vLLM tool-call parser name such as hermes, got {value!r}")
+    return text
 
 
 def _model(value: object) -> str:

@@ -2,8 +2,11 @@
 
 Every check raises InvalidRequest (400) naming the offending ``param``, so no client
 input can reach the model in a shape that makes llama.cpp or the template fail.
-Fields the node does not implement (tools, logprobs, response_format, ...) are ignored,
-as an OpenAI-compatible server without those features would.
+Fields that would change the answer and that the node does not implement (tools,
+response_format, logprobs, logit_bias, n > 1, non-text content parts) are rejected, not
+ignored: an answer that silently left them out would look like a faithful one. Fields
+that do not change the answer (``user``, ``metadata``, ``parallel_tool_calls``, ...) are
+ignored.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def parse_chat_request(body: Mapping[str, object]) -> ChatRequest:
     n = _optional_int(body, "n", minimum=1)
     if n not in (None, 1):
         raise InvalidRequest("This node generates one choice per request; n must be 1.", param="n")
+    _reject_unimplemented(body)
 
     max_tokens = _optional_int(body, "max_completion_tokens", minimum=1)
     if max_tokens is None:
@@ -109,6 +113,35 @@ def parse_chat_request(body: Mapping[str, object]) -> ChatRequest:
         ),
         ignore_eos=_optional_bool(body, "ignore_eos", default=False),
     )
+
+
+def _reject_unimplemented(body: Mapping[str, object]) -> None:
+    """A 400 naming the first field the node would otherwise have to ignore."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools not in (None, []) and choice != "none":
+        raise InvalidRequest(
+            'This node does not call tools: send tool_choice "none" (the tools are then not '
+            "needed) or ask a node that supports tool calls.",
+            param="tools",
+        )
+    if choice not in (None, "none") and tools in (None, []):
+        raise InvalidRequest(
+            "tool_choice needs tools, and this node calls none.", param="tool_choice"
+        )
+    if body.get("functions") not in (None, []) and body.get("function_call") != "none":
+        raise InvalidRequest("This node does not call functions.", param="functions")
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise InvalidRequest(
+            'This node answers in plain text only; response_format must be {"type": "text"}.',
+            param="response_format",
+        )
+    if body.get("logprobs") not in (None, False):
+        raise InvalidRequest("This node does not return logprobs.", param="logprobs")
+    if body.get("top_logprobs") not in (None, 0):
+        raise InvalidRequest("This node does not return logprobs.", param="top_logprobs")
+    if body.get("logit_bias") not in (None, {}):
+        raise InvalidRequest("This node does not apply a logit_bias.", param="logit_bias")
 
 
 def _messages(value: object) -> tuple[PromptMessage, ...]:

@@ -39,7 +39,7 @@ SERVICE_NAME: Final = "edge-node"
 DEFAULT_OTLP_ENDPOINT: Final = "http://localhost:4318"
 PROVIDER_NAME: Final = "llama.cpp"
 
-Exporter = Literal["otlp", "console"]
+Exporter = Literal["otlp", "console", "console-tree"]
 _SAMPLERS: Final = frozenset(
     {
         "always_on",
@@ -89,9 +89,12 @@ def tracing_config_from_env(env: Mapping[str, str]) -> TracingConfig:
             exporters.add("otlp")
         elif name == "console":
             exporters.add("console")
+        elif name == "console-tree":
+            exporters.add("console-tree")  # the gateway's one-line-per-span tree printer
         elif name != "none":
             raise ValueError(
-                f"OTEL_TRACES_EXPORTER: {name!r} is not supported (use otlp, console or none)"
+                f"OTEL_TRACES_EXPORTER: {name!r} is not supported "
+                "(use otlp, console, console-tree or none)"
             )
     if "none" in names and exporters:
         raise ValueError("OTEL_TRACES_EXPORTER: 'none' cannot be combined with other exporters")
@@ -203,6 +206,12 @@ def build_tracing(config: TracingConfig, *, processor: SpanProcessor | None = No
             )
         if "console" in config.exporters:
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        if "console-tree" in config.exporters:
+            from gateway.telemetry.console_tree import TreeConsoleSpanExporter
+
+            provider.add_span_processor(
+                BatchSpanProcessor(TreeConsoleSpanExporter(), schedule_delay_millis=500)
+            )
     return EdgeTracing(tracer=provider.get_tracer("edge_node"), provider=provider)
 
 

@@ -46,14 +46,21 @@ class JsonFormatter(logging.Formatter):
             entry["span_id"] = span_id_of_current_span()
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = (
-                    value
-                    if value is None or isinstance(value, str | int | float | bool)
-                    else str(value)
-                )
+                entry[key] = _json_value(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+def _json_value(value: object) -> object:
+    """Scalars and lists of scalars as they are (a list stays a JSON array); else text."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple) and all(
+        item is None or isinstance(item, str | int | float | bool) for item in value
+    ):
+        return list(value)
+    return str(value)
 
 
 class TextFormatter(logging.Formatter):

@@ -20,6 +20,7 @@ class GatewayMetrics:
     route_decisions: Counter = field(init=False)
     attempts: Counter = field(init=False)
     fallbacks: Counter = field(init=False)
+    node_skips: Counter = field(init=False)
     continuations: Counter = field(init=False)
     policy_reloads: Counter = field(init=False)
     policy_info: Gauge = field(init=False)
@@ -68,8 +69,16 @@ class GatewayMetrics:
         )
         self.fallbacks = Counter(
             "gateway_fallbacks",
-            "Moves to another node or tier after a failed attempt",
+            "Moves to another node or tier after a failed attempt or a skipped node",
             ("from_tier", "to_tier", "reason"),
+            registry=r,
+        )
+        self.node_skips = Counter(
+            "gateway_node_skips",
+            "Nodes passed over without an attempt (unhealthy, circuit_open, at_capacity), "
+            "and tiers without nodes (node empty, no_nodes), when no node of the tier could "
+            "take the request",
+            ("tier", "node", "reason"),
             registry=r,
         )
         self.continuations = Counter(

@@ -30,6 +30,7 @@ from typing import TextIO
 
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http.validation import parse_chat_request
+from gateway.routing.capabilities import request_needs
 from gateway.routing.classifier import Classifier
 from gateway.routing.decide import RoutingRequest, decide
 from gateway.routing.policy import Policy, PolicyError
@@ -87,6 +88,7 @@ def _request(line: bytes) -> tuple[object, RoutingRequest]:
         max_tokens=body.get("max_tokens") or body.get("max_completion_tokens"),
         model=body.get("model", "auto"),
         headers={k.lower(): v for k, v in headers.items()},
+        needs=request_needs(body),  # as the server does: tools, response_format, images, ...
     )
 
 

@@ -17,6 +17,7 @@ from gateway.http.connections import GuardedRunner
 from gateway.logs import configure_logging
 from gateway.routing.policy import PolicyError
 from gateway.settings import Settings, SettingsError, settings_from_env
+from gateway.telemetry.config import Exporter
 
 log = logging.getLogger("gateway")
 
@@ -26,6 +27,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--host", help="listen address (GATEWAY_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (GATEWAY_PORT, default 8080)")
     parser.add_argument("--policy", help="policy YAML (GATEWAY_POLICY)")
+    parser.add_argument(
+        "--console-trace",
+        action="store_true",
+        help="print each request's trace to stderr as a tree, one line per span "
+        "(adds OTEL_TRACES_EXPORTER=console-tree to the exporters configured)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = settings_from_env()
@@ -41,6 +48,10 @@ def main(argv: Sequence[str]) -> int:
         settings = replace(settings, port=args.port)
     if args.policy:
         settings = replace(settings, policy_path=Path(args.policy))
+    if args.console_trace:
+        tree: frozenset[Exporter] = frozenset({"console-tree"})
+        exporters = settings.tracing.exporters | tree
+        settings = replace(settings, tracing=replace(settings.tracing, exporters=exporters))
     # GATEWAY_LOG_FORMAT: JSON lines (request_id, trace_id on each) by default, or text.
     configure_logging(settings.log_level, settings.log_format)
     try:

@@ -11,14 +11,18 @@ from aiohttp import web
 from opentelemetry import trace
 
 from gateway.errors import UpstreamTimeout
+from gateway.http.access import CHAT_ACCESS, ChatAccess, session_hash
 from gateway.http.body import read_body
 from gateway.http.middlewares import CALLER, REQUEST_ID, REQUEST_ID_HEADER
 from gateway.http.relay import DONE_EVENT, StreamRelay, error_event
 from gateway.http.validation import parse_chat_request
 from gateway.protocol import ChatCompletionRequest, StreamOptions, Usage
-from gateway.routing.decide import Decision, RoutingRequest, decide
+from gateway.routing.capabilities import request_needs
+from gateway.routing.decide import Decision, RoutingRequest
+from gateway.routing.fitted import decide_fitted
 from gateway.routing.policy import Policy
 from gateway.sessions.conversation import Conversation
+from gateway.sessions.prompts import TierPrompts
 from gateway.state import STATE, GatewayState
 from gateway.telemetry import decision_attributes, passthrough_headers, record_answer, record_route
 from gateway.upstream.completion import complete_answer
@@ -54,9 +58,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         else None
     )
     if conversation is not None:
-        chat = conversation.request_body(chat)  # stored turns in front: routing sees them too
+        chat = conversation.request_body(chat)  # stored turns in front
+    # What each tier is sent: with a session, fitted into its window; max_tokens per tier.
+    prompts = TierPrompts(policy=policy, body=chat, fit_context=conversation is not None)
+    needs = request_needs(chat)  # tools, response_format, images, ...: only nodes with them
     with state.tracing.span("gateway.classify") as classify:
-        decision = decide(
+        decision = decide_fitted(
             policy,
             routing.classifier,
             RoutingRequest(
@@ -64,7 +71,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 max_tokens=chat.get("max_tokens") or chat.get("max_completion_tokens"),
                 model=chat.get("model", "auto"),
                 headers=headers,
+                needs=needs,
             ),
+            prompts.views(),  # routing judges what will be sent, not the history
         )
         if classify.is_recording():
             classify.set_attributes(decision_attributes(decision, routing.classifier.name))
@@ -79,11 +88,31 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         pinned_model=decision.model,
         headers=upstream_headers,
         session_key=conversation.session_id if conversation else None,
-        for_tier=conversation.body_for if conversation else None,
+        for_tier=prompts.body_for,
+        needs=needs.needs,
+    )
+    access = request[CHAT_ACCESS] = ChatAccess(
+        route_tier=decision.tier,
+        route_reason=decision.reason,
+        complexity_score=decision.score,
+        fallback=plan.failures,
+        session_hash=session_hash(conversation.session_id) if conversation else None,
     )
     if chat.get("stream"):
-        return await _stream(request, state, policy, decision, plan, started, conversation)
-    return await _complete(state, policy, decision, plan, started, conversation)
+        return await _stream(
+            request,
+            state,
+            policy,
+            decision,
+            plan,
+            started,
+            conversation,
+            access=access,
+            prompts=prompts,
+        )
+    return await _complete(
+        state, policy, decision, plan, started, conversation, access=access, prompts=prompts
+    )
 
 
 async def _complete(
@@ -93,6 +122,9 @@ async def _complete(
     plan: AttemptPlan,
     started: float,
     conversation: Conversation | None = None,
+    *,
+    access: ChatAccess,
+    prompts: TierPrompts,
 ) -> web.Response:
     try:
         # Simple requests are fetched as streams: deadlines and mid-answer recovery apply.
@@ -110,6 +142,7 @@ async def _complete(
         tier = lease.node.tier
         for part_tier, usage in done.usage_by_tier:
             _account(state, part_tier, usage)
+            access.add_usage(usage)
         state.metrics.requests.labels(tier, "ok").inc()
         record_answer(
             trace.get_current_span(),
@@ -124,7 +157,7 @@ async def _complete(
         return web.Response(
             body=payload,
             content_type="application/json",
-            headers=_headers(decision, plan, lease, conversation),
+            headers=_headers(decision, plan, lease, prompts, conversation),
         )
     finally:
         lease.release()
@@ -138,6 +171,9 @@ async def _stream(
     plan: AttemptPlan,
     started: float,
     conversation: Conversation | None = None,
+    *,
+    access: ChatAccess,
+    prompts: TierPrompts,
 ) -> web.StreamResponse:
     options: StreamOptions = {**(plan.body.get("stream_options") or {})}
     relay = StreamRelay(client_wants_usage=bool(options.get("include_usage")))
@@ -155,7 +191,7 @@ async def _stream(
         )
         raise
     outcome = "error"
-    first_token_s = time.perf_counter() - started
+    first_token_s = access.time_to_first_token_s = time.perf_counter() - started
     try:
         assert answer.lease is not None
         tier = answer.node.tier
@@ -167,7 +203,7 @@ async def _stream(
                 "X-Accel-Buffering": "no",
                 # The middleware adds it to prepared-later responses only; this one is sent here.
                 REQUEST_ID_HEADER: request[REQUEST_ID],
-                **_headers(decision, plan, answer.lease, conversation),
+                **_headers(decision, plan, answer.lease, prompts, conversation),
             }
         )
         await response.prepare(request)
@@ -204,6 +240,7 @@ async def _stream(
         if outcome == "ok":  # a failed answer is not a completion, in requests or in tokens
             for part_tier, usage in answer.usage_by_tier():
                 _account(state, part_tier, usage)
+                access.add_usage(usage)
         state.metrics.requests.labels(answer.node.tier, outcome).inc()
         state.metrics.duration_s.labels(answer.node.tier).observe(time.perf_counter() - started)
         record_answer(
@@ -224,7 +261,11 @@ def _deadline(policy: Policy, started: float) -> float:
 
 
 def _headers(
-    decision: Decision, plan: AttemptPlan, lease: Lease, conversation: Conversation | None = None
+    decision: Decision,
+    plan: AttemptPlan,
+    lease: Lease,
+    prompts: TierPrompts,
+    conversation: Conversation | None = None,
 ) -> dict[str, str]:
     node = lease.node
     headers = {
@@ -235,8 +276,10 @@ def _headers(
     }
     if plan.failures:
         headers[FALLBACK_HEADER] = ", ".join(f"{f.node}:{f.reason}" for f in plan.failures)
+    headers.update(prompts.response_headers(node.tier))
     if conversation is not None:
-        headers.update(conversation.response_headers(node.tier))
+        dropped = prompts.prompt(node.tier).dropped
+        headers.update(conversation.response_headers(node.tier, dropped=dropped))
     return headers
 
 

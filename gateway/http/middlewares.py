@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from gateway.errors import GatewayError, Unauthorized
+from gateway.http.access import CHAT_ACCESS, access_fields
 from gateway.logs import request_id_var
 from gateway.protocol import error_body
 from gateway.sessions.keys import owner_of_key
@@ -148,14 +149,16 @@ async def _observed(
             headers = response.headers if response is not None else {}
             tier, node = headers.get("x-gateway-tier"), headers.get("x-gateway-node")
             shown = status if status is not None else "disconnected"
+            words, fields = access_fields(request.get(CHAT_ACCESS))
             access_log.log(
                 level,
-                "%s %s %s %.1f ms%s",
+                "%s %s %s %.1f ms%s%s",
                 request.method,
                 request.path,
                 shown,
                 duration_ms,
                 f" {tier}/{node}" if tier else "",
+                words,
                 extra={
                     "method": request.method,
                     "path": request.path,
@@ -163,6 +166,7 @@ async def _observed(
                     "duration_ms": duration_ms,
                     "tier": tier,
                     "node": node,
+                    **fields,
                 },
             )
 

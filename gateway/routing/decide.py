@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.protocol import TIERS, ChatMessage, Tier
+from gateway.routing.capabilities import DESCRIPTIONS, NO_NEEDS, Capability, RequestNeeds
 from gateway.routing.classifier import Classifier, Complexity
 from gateway.routing.policy import Policy, Rule
 
@@ -17,10 +19,15 @@ AUTO_MODEL = "auto"
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoutingRequest:
     messages: Sequence[ChatMessage]
+    """What routing judges: with a session, the conversation as fitted (routing/fitted.py)."""
     max_tokens: int | None = None
     model: str = AUTO_MODEL
     headers: Mapping[str, str] | None = None
     """Request headers with lower-case names."""
+    needs: RequestNeeds = NO_NEEDS
+    """What the request needs of a node beyond plain chat (tools, response_format, ...)."""
+    history_tokens: int | None = None
+    """Tokens of the whole conversation before fitting; None: ``messages`` are all of it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,7 +47,12 @@ class Decision:
 
 
 def decide(policy: Policy, classifier: Classifier, request: RoutingRequest) -> Decision:
-    """Pick the tier for one request: a pin (if allowed), then the rules, then the score."""
+    """Pick the tier for one request: a pin (if allowed), then the rules, then the score;
+    then :func:`within_capabilities`."""
+    return within_capabilities(policy, _choose(policy, classifier, request), request.needs)
+
+
+def _choose(policy: Policy, classifier: Classifier, request: RoutingRequest) -> Decision:
     headers = request.headers or {}
     complexity = classifier.classify(request.messages, max_tokens=request.max_tokens)
     pinned_model, model_tier = _model_pin(policy, request.model)
@@ -119,4 +131,71 @@ def _matches(
         return False
     if rule.messages_over is not None and len(request.messages) <= rule.messages_over:
         return False
+    if rule.history_tokens_over is not None:
+        history = request.history_tokens
+        if (complexity.prompt_tokens if history is None else history) <= rule.history_tokens_over:
+            return False
+    if rule.has_tools is not None and request.needs.has_tools != rule.has_tools:
+        return False
+    if not rule.needs <= request.needs.needs:
+        return False
     return all(headers.get(name) == value for name, value in rule.headers)
+
+
+def within_capabilities(policy: Policy, decision: Decision, needs: RequestNeeds) -> Decision:
+    """``decision`` when its tier has a node with all that the request needs; else the
+    other tier, when it has one and the request is not pinned (the reason says so);
+    else :class:`InvalidRequest` naming the field that no node it may go to serves."""
+    if not needs or _serving(policy, decision.tier, decision.model, needs):
+        return decision
+    other: Tier = "cloud" if decision.tier == "edge" else "edge"
+    pinned = decision.reason_kind.startswith("pinned")
+    if not pinned and _serving(policy, other, None, needs):
+        lacking = needs.needs - _union(policy, decision.tier, None) or needs.needs
+        return dataclasses.replace(
+            decision,
+            tier=other,
+            reason=f"needs {', '.join(sorted(lacking))}: {other}",
+            reason_kind="needs",
+        )
+    anywhere = _union(policy, None, decision.model)
+    need = needs.first_missing(anywhere)
+    if need is not None and decision.model is not None:
+        message = f"The model {decision.model!r} does not serve {DESCRIPTIONS[need]}."
+    elif need is not None:
+        message = f"No node of this gateway serves {DESCRIPTIONS[need]}."
+    elif pinned and decision.model is None and _serving(policy, other, None, needs):
+        need = needs.first_missing(_union(policy, decision.tier, None)) or needs.params[0][0]
+        message = (
+            f"The {decision.tier} tier ({decision.reason}) does not serve {DESCRIPTIONS[need]}; "
+            f"the {other} tier does: send model auto or {other}."
+        )
+    else:
+        need = needs.params[0][0]
+        wanted = "; ".join(DESCRIPTIONS[n] for n, _ in needs.params)
+        message = f"No single node of this gateway serves all of: {wanted}."
+    if need == "tool_choice_auto" and {"tool_choice_required", "tool_choice_function"} & anywhere:
+        message += ' Send tool_choice "required" or one that names a function: those are served.'
+    raise InvalidRequest(message, param=needs.param(need))
+
+
+def _serving(policy: Policy, tier: Tier, model: str | None, needs: RequestNeeds) -> bool:
+    """Some node of ``tier`` (serving ``model``, when given) has all of ``needs``."""
+    return any(
+        needs.first_missing(node.supports) is None
+        for node in policy.tiers[tier].nodes
+        if model is None or node.model == model
+    )
+
+
+def _union(policy: Policy, tier: Tier | None, model: str | None) -> frozenset[Capability]:
+    """All that the nodes of ``tier`` (of every tier: None) serving ``model`` support."""
+    tiers = TIERS if tier is None else (tier,)
+    return frozenset().union(
+        *(
+            node.supports
+            for name in tiers
+            for node in policy.tiers[name].nodes
+            if model is None or node.model == model
+        )
+    )

@@ -14,6 +14,8 @@ from typing import Final, cast, get_args
 
 from gateway.errors import FailureKind
 from gateway.protocol import TIERS, Tier
+from gateway.routing.answer_budget import parse_default_max_tokens
+from gateway.routing.capabilities import DEFAULT_SUPPORTS, Capability, parse_needs, parse_supports
 from gateway.routing.classifier import ClassifierKind
 from gateway.routing.policy_file import read_policy_text
 from gateway.routing.policy_reader import PolicyError, PolicyReader
@@ -29,6 +31,8 @@ class NodeSpec:
     model: str
     name: str
     max_concurrency: int = 16
+    supports: frozenset[Capability] = frozenset()
+    """What the node serves beyond plain chat (:mod:`gateway.routing.capabilities`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +42,11 @@ class TierSpec:
     nodes: tuple[NodeSpec, ...]
     max_concurrency_per_node: int = 16
     """The limit of a node that names none of its own, GATEWAY_*_URLS nodes included."""
+    supports: frozenset[Capability] = frozenset()
+    """The capabilities of a node that declares none of its own, GATEWAY_*_URLS nodes too."""
+    default_max_tokens: int | None = None
+    """max_tokens sent when a request sets none; None: ``sessions.completion_reserve_tokens``
+    (:func:`gateway.routing.answer_budget.default_max_tokens`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,7 +58,12 @@ class Rule:
     prompt_tokens_over: int | None = None
     max_tokens_over: int | None = None
     messages_over: int | None = None
+    history_tokens_over: int | None = None
+    """Tokens of the whole conversation before context fitting (gateway/routing/fitted.py)."""
     headers: tuple[tuple[str, str], ...] = ()
+    has_tools: bool | None = None
+    needs: frozenset[Capability] = frozenset()
+    """Capabilities the request must need, all of them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,11 +166,14 @@ class Policy:
     def with_nodes(self, tier: Tier, nodes: Sequence[NodeSpec]) -> Policy:
         """A copy whose ``tier`` serves ``nodes`` (the GATEWAY_*_URLS overrides).
 
-        Those name a URL and a model only: each takes the tier's ``max_concurrency_per_node``.
+        Those name a URL and a model only: each takes the tier's ``max_concurrency_per_node``
+        and ``supports``.
         """
         spec = self.tiers[tier]
         limited = tuple(
-            dataclasses.replace(node, max_concurrency=spec.max_concurrency_per_node)
+            dataclasses.replace(
+                node, max_concurrency=spec.max_concurrency_per_node, supports=spec.supports
+            )
             for node in nodes
         )
         tiers = dict(self.tiers)
@@ -216,12 +233,17 @@ def load_policy(path: Path) -> Policy:
 
 
 def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
-    m = r.mapping(value, path, ("context_window", "nodes", "max_concurrency_per_node"))
+    m = r.mapping(
+        value,
+        path,
+        ("context_window", "nodes", "max_concurrency_per_node", "supports", "default_max_tokens"),
+    )
     per_node = r.integer(m, path, "max_concurrency_per_node", 16)
+    supports = parse_supports(r, m, path, DEFAULT_SUPPORTS[name])
     nodes: list[NodeSpec] = []
     for index, item in enumerate(r.listing(m, path, "nodes")):
         where = f"{path}.nodes[{index}]"
-        n = r.mapping(item, where, ("url", "model", "name", "max_concurrency"))
+        n = r.mapping(item, where, ("url", "model", "name", "max_concurrency", "supports"))
         url = r.string(n, where, "url")
         if not url.startswith(("http://", "https://")):
             raise r.fail(f"{where}.url", f"must start with http:// or https://, got {url!r}")
@@ -232,19 +254,21 @@ def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
                 model=r.string(n, where, "model"),
                 name=r.string(n, where, "name", _default_node_name(name, url)),
                 max_concurrency=r.integer(n, where, "max_concurrency", per_node),
+                supports=parse_supports(r, n, where, supports),
             )
         )
     names = [node.name for node in nodes]
     for index, node_name in enumerate(names):
         if names.index(node_name) != index:
             raise r.fail(f"{path}.nodes[{index}].name", f"duplicate node name {node_name!r}")
+    window = r.integer(m, path, "context_window", 2048 if name == "edge" else 8192, low=256)
     return TierSpec(
         name=name,
-        context_window=r.integer(
-            m, path, "context_window", 2048 if name == "edge" else 8192, low=256
-        ),
+        context_window=window,
         nodes=tuple(nodes),
         max_concurrency_per_node=per_node,
+        supports=supports,
+        default_max_tokens=parse_default_max_tokens(r, m, path, context_window=window),
     )
 
 
@@ -272,7 +296,15 @@ def _rule(r: PolicyReader, value: object, path: str) -> Rule:
     when = r.mapping(
         m.get("when", {}),
         f"{path}.when",
-        ("prompt_tokens_over", "max_tokens_over", "messages_over", "header"),
+        (
+            "prompt_tokens_over",
+            "max_tokens_over",
+            "messages_over",
+            "history_tokens_over",
+            "header",
+            "has_tools",
+            "needs",
+        ),
     )
     if not when:
         raise r.fail(f"{path}.when", "needs at least one condition")
@@ -288,13 +320,17 @@ def _rule(r: PolicyReader, value: object, path: str) -> Rule:
     def optional_int(key: str) -> int | None:
         return r.integer(when, f"{path}.when", key, 0, low=0) if key in when else None
 
+    has_tools = r.boolean(when, f"{path}.when", "has_tools", False) if "has_tools" in when else None
     return Rule(
         tier=r.choice(m, path, "tier", TIERS),
         reason=r.string(m, path, "reason"),
         prompt_tokens_over=optional_int("prompt_tokens_over"),
         max_tokens_over=optional_int("max_tokens_over"),
         messages_over=optional_int("messages_over"),
+        history_tokens_over=optional_int("history_tokens_over"),
         headers=tuple((str(k).lower(), str(v)) for k, v in header.items()),
+        has_tools=has_tools,
+        needs=parse_needs(r, when, f"{path}.when"),
     )
 
 

@@ -1,8 +1,9 @@
 """Conversation sessions: history in Redis, merged with what clients send, fitted per tier.
 
 Modules: ``keys`` (ids, cluster-safe keys), ``turns`` (stored JSON), ``history`` (the merge
-rule), ``fitting`` (context windows), ``store`` (Redis + Lua), ``spool`` (turns waiting out
-an outage), ``conversation`` (one request's view), ``service`` (all of it together).
+rule), ``fitting`` (context windows), ``prompts`` (what each tier is sent: fitted messages
+and the answer budget, sessions or not), ``store`` (Redis + Lua), ``spool`` (turns waiting
+out an outage), ``conversation`` (one request's view), ``service`` (all of it together).
 """
 
 from gateway.sessions.conversation import (

@@ -1,16 +1,18 @@
-"""One request's view of its session: the merged conversation, fitted per tier."""
+"""One request's view of its session: the merged conversation, its headers, its record.
+
+What each tier is sent of the conversation (fitted into its window) is
+:class:`~gateway.sessions.prompts.TierPrompts`'s."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from gateway.protocol import ChatCompletionRequest, ChatMessage, Tier
 from gateway.routing.policy import Policy
-from gateway.sessions.fitting import Budget, Fitted, fit, message_tokens
-from gateway.sessions.history import Merged, split_system
+from gateway.sessions.history import Merged
 from gateway.sessions.keys import SessionRef
 
 SESSION_WARNING_HEADER: Final = "x-gateway-session-warning"
@@ -40,8 +42,6 @@ class Conversation:
     recorder: Recorder | None
     """None when nothing can be stored (sessions disabled)."""
     on_dropped: Callable[[Tier, int], None] = lambda tier, dropped: None
-    fits: dict[Tier, Fitted] = field(default_factory=dict)
-    _costs: dict[int, tuple[ChatMessage, int]] = field(default_factory=dict)
 
     @property
     def session_id(self) -> str:
@@ -52,29 +52,9 @@ class Conversation:
         """The client's body with the merged conversation as its messages."""
         return {**chat, "messages": self.merged.messages}
 
-    def body_for(self, tier: Tier, body: ChatCompletionRequest) -> ChatCompletionRequest:
-        """``body`` with its messages fitted into ``tier``'s context window."""
-        spec = self.policy.sessions
-        completion = (
-            body.get("max_tokens")
-            or body.get("max_completion_tokens")
-            or spec.completion_reserve_tokens
-        )
-        budget = Budget(
-            context_window=self.policy.tiers[tier].context_window,
-            completion_tokens=completion,
-            safety_margin=spec.safety_margin,
-            per_message_tokens=spec.per_message_tokens,
-        )
-        system, turns = split_system(body.get("messages", []))
-        fitted = fit(system, turns, budget, cost=self._cost)
-        self.fits[tier] = fitted
-        return {**body, "messages": fitted.messages}
-
-    def response_headers(self, tier: Tier) -> dict[str, str]:
-        """Headers for the answer ``tier`` gave; call once per response (it counts drops)."""
-        fitted = self.fits.get(tier)
-        dropped = fitted.dropped if fitted is not None else 0
+    def response_headers(self, tier: Tier, *, dropped: int) -> dict[str, str]:
+        """Headers for the answer ``tier`` gave, which was sent all but ``dropped`` turns of
+        the conversation; call once per response (it counts drops)."""
         if dropped:
             self.on_dropped(tier, dropped)
         headers = {CONTEXT_DROPPED_HEADER: str(dropped)}
@@ -95,15 +75,6 @@ class Conversation:
     async def record_reply(self, reply: ChatMessage, tier: Tier, model: str | None) -> None:
         if self.recorder is not None:
             await self.recorder(self, reply, tier, model)
-
-    def _cost(self, message: ChatMessage) -> int:
-        # Keyed by identity: the same message objects are fitted again for another tier.
-        cached = self._costs.get(id(message))
-        if cached is not None and cached[0] is message:
-            return cached[1]
-        tokens = message_tokens(message, per_message_tokens=self.policy.sessions.per_message_tokens)
-        self._costs[id(message)] = (message, tokens)
-        return tokens
 
 
 def reply_of_completion(payload: bytes) -> tuple[ChatMessage | None, str | None]:

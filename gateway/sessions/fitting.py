@@ -33,8 +33,16 @@ class Budget:
 
     @property
     def prompt_tokens(self) -> int:
-        usable = math.floor(self.context_window * (1.0 - self.safety_margin))
-        return usable - self.completion_tokens - REPLY_PRIMING_TOKENS
+        return self.usable_tokens - self.completion_tokens - REPLY_PRIMING_TOKENS
+
+    @property
+    def usable_tokens(self) -> int:
+        """The window less the safety margin."""
+        return math.floor(self.context_window * (1.0 - self.safety_margin))
+
+    def answer_room(self, prompt_tokens: int) -> int:
+        """Tokens the usable window leaves for an answer to a prompt of ``prompt_tokens``."""
+        return max(0, self.usable_tokens - REPLY_PRIMING_TOKENS - prompt_tokens)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +76,18 @@ def tokens_at_most(message: ChatMessage, *, per_message_tokens: int) -> int:
     if message.get("name"):
         tokens += 1
     return tokens
+
+
+def measure(
+    messages: Sequence[ChatMessage], budget: Budget, *, cost: Callable[[ChatMessage], int]
+) -> tuple[int, bool]:
+    """Estimated prompt tokens of ``messages`` (the byte bound when it proves they fit) and
+    whether they fit ``budget``; nothing is left out."""
+    bound = sum(tokens_at_most(m, per_message_tokens=budget.per_message_tokens) for m in messages)
+    if bound <= budget.prompt_tokens:
+        return bound, True
+    total = sum(cost(m) for m in messages)
+    return total, total <= budget.prompt_tokens
 
 
 def fit(

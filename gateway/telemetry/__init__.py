@@ -1,7 +1,8 @@
 """Tracing: configuration from ``OTEL_*``, the app's tracer (or none), propagation, and the
 spans the gateway's own concepts become.
 
-Tracing is on when ``OTEL_TRACES_EXPORTER`` names ``otlp`` or ``console`` (``otlp`` is
+Tracing is on when ``OTEL_TRACES_EXPORTER`` names ``otlp``, ``console`` (OpenTelemetry's
+JSON) or ``console-tree`` (one line per span, as a tree: :mod:`.console_tree`) (``otlp`` is
 the default as soon as an OTLP endpoint is set) and ``OTEL_SDK_DISABLED`` is not true.
 Spans leave over OTLP/HTTP (protobuf) through a batch processor, off the request path,
 and are flushed when the app stops. With tracing off, :class:`Tracing` holds

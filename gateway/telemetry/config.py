@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 SERVICE_NAME: Final = "hybrid-gateway"
 DEFAULT_OTLP_ENDPOINT: Final = "http://localhost:4318"
 
-Exporter = Literal["otlp", "console"]
+Exporter = Literal["otlp", "console", "console-tree"]
+"""``console`` is OpenTelemetry's JSON per span; ``console-tree`` one line per span, as a tree."""
 SamplerName = Literal[
     "always_on",
     "always_off",
@@ -79,9 +80,12 @@ def tracing_config_from_env(
             exporters.add("otlp")
         elif name == "console":
             exporters.add("console")
+        elif name == "console-tree":
+            exporters.add("console-tree")
         else:
             raise ValueError(
-                f"OTEL_TRACES_EXPORTER: {name!r} is not supported (use otlp, console or none)"
+                f"OTEL_TRACES_EXPORTER: {name!r} is not supported "
+                "(use otlp, console, console-tree or none)"
             )
     if "none" in names and exporters:
         raise ValueError("OTEL_TRACES_EXPORTER: 'none' cannot be combined with other exporters")

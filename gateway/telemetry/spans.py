@@ -191,6 +191,8 @@ class FailureLike(Protocol):
     def node(self) -> str: ...
     @property
     def reason(self) -> str: ...
+    @property
+    def skipped(self) -> bool: ...
 
 
 def decision_attributes(decision: Decision, classifier: str) -> dict[str, AttributeValue]:
@@ -233,9 +235,10 @@ def record_answer(
     """Who answered, after which failures, on the request's server span.
 
     ``gateway.fallback.*`` describe the move that led to the answering node: ``from`` is
-    the tier of the first failed attempt, ``reason`` the failure of the last other node
-    tried. Failures of the answering node itself (retried, then answered) are retries,
-    listed in ``gateway.fallback.failures`` only.
+    the tier of the first failed attempt or skipped node, ``reason`` the failure (or skip
+    reason) of the last other node. Failures of the answering node itself (retried, then
+    answered) are retries, listed in ``gateway.fallback.failures`` only. Skipped nodes
+    are in ``failures`` too, in order, and alone in ``gateway.fallback.skipped``.
     """
     if not span.is_recording():
         return
@@ -254,6 +257,9 @@ def record_answer(
         span.set_status(Status(StatusCode.ERROR, outcome))
     if failures:
         attributes["gateway.fallback.failures"] = [f"{f.node}:{f.reason}" for f in failures]
+        skipped = [f"{f.node}:{f.reason}" for f in failures if f.skipped]
+        if skipped:
+            attributes["gateway.fallback.skipped"] = skipped
         elsewhere = [f for f in failures if f.node != node]
         if elsewhere and tier is not None:
             attributes["gateway.fallback.from"] = failures[0].tier

@@ -15,6 +15,7 @@ from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from gateway.telemetry.config import TracingConfig, build_sampler
+from gateway.telemetry.console_tree import TreeConsoleSpanExporter
 from gateway.telemetry.spans import NO_ATTEMPT, PROVIDER_BY_TIER, AttemptSpan
 
 log = logging.getLogger("gateway.telemetry")
@@ -124,6 +125,11 @@ def build_tracing(config: TracingConfig, *, processor: SpanProcessor | None = No
             )
         if "console" in config.exporters:
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        if "console-tree" in config.exporters:
+            # Read by a person at a terminal: printed within half a second, not five.
+            provider.add_span_processor(
+                BatchSpanProcessor(TreeConsoleSpanExporter(), schedule_delay_millis=500)
+            )
     log.info(
         "tracing on: service %s, exporters %s, sampler %s",
         config.service_name,

@@ -23,6 +23,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, Tier
+from gateway.routing.capabilities import Capability
 from gateway.routing.policy import Policy
 from gateway.telemetry import NO_ATTEMPT, AttemptSpan, Tracing, disabled_tracing
 from gateway.upstream import client
@@ -41,9 +42,14 @@ def other_tier(tier: Tier) -> Tier:
 
 @dataclass(slots=True, kw_only=True)
 class Failure:
+    """A failed attempt, or (``skipped``) a node passed over without being asked: then
+    ``reason`` is a :data:`~gateway.upstream.pool.SkipReason`, and for a tier without
+    nodes ``node`` is the tier's name."""
+
     tier: Tier
     node: str
     reason: str
+    skipped: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -59,6 +65,8 @@ class AttemptPlan:
     for_tier: Callable[[Tier, ChatCompletionRequest], ChatCompletionRequest] | None = None
     """Rewrites the body for the tier of the node about to be tried (session context
     fitting: each tier has its own window, so a fallback gets a body of its own)."""
+    needs: frozenset[Capability] = frozenset()
+    """Only nodes that support all of these are asked, on either tier."""
 
     def encode_for(self, node: Node) -> bytes:
         """The client's body, unknown fields untouched, asking for the node's own model."""
@@ -184,8 +192,10 @@ class Forwarder:
                     model=plan.pinned_model,
                     exclude=frozenset(tried),
                     session_key=plan.session_key,
+                    needs=plan.needs,
                 )
                 if acquired is None:
+                    self._skipped(plan, tiers[tier_index], frozenset(tried))
                     tier_index += 1
                     continue
                 lease = acquired
@@ -300,6 +310,14 @@ class Forwarder:
             f"No upstream could serve the request ({detail}). Retry later.",
             retry_after_s=retry_after_s,
         ) from last_error
+
+    def _skipped(self, plan: AttemptPlan, tier: Tier, tried: frozenset[str]) -> None:
+        """Name the nodes of ``tier`` that no attempt could be made on, and why."""
+        for skip in self.pool.skips(tier, model=plan.pinned_model, exclude=tried, needs=plan.needs):
+            plan.failures.append(
+                Failure(tier=tier, node=skip.node or tier, reason=skip.reason, skipped=True)
+            )
+            self.metrics.node_skips.labels(tier, skip.node or "", skip.reason).inc()
 
 
 def _upstream_status(exc: UpstreamError) -> int | None:

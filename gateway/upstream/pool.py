@@ -5,10 +5,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from gateway.protocol import TIERS, Tier
+from gateway.routing.capabilities import Capability
 from gateway.routing.policy import HealthSpec, NodeSpec, Policy
 from gateway.upstream.circuit import CircuitBreaker, CircuitState
+
+SkipReason = Literal["unhealthy", "circuit_open", "at_capacity", "no_nodes"]
+"""Why a node (or a whole tier: ``no_nodes``) was passed over without being asked."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skip:
+    """A node, or with ``node`` None a whole tier, that could not take a request."""
+
+    tier: Tier
+    node: str | None
+    reason: SkipReason
 
 
 @dataclass(slots=True, kw_only=True)
@@ -35,6 +49,16 @@ class Node:
 
     def usable(self) -> bool:
         return self.healthy is not False and self.breaker.available()
+
+    def skip_reason(self) -> SkipReason | None:
+        """Why the node cannot take a request now; None when it can."""
+        if self.healthy is False:
+            return "unhealthy"
+        if not self.breaker.available():
+            return "circuit_open"
+        if self.full:
+            return "at_capacity"
+        return None
 
     def busyness(self) -> float:
         return self.in_flight / self.spec.max_concurrency + self.load_score
@@ -93,8 +117,10 @@ class NodePool:
         model: str | None = None,
         exclude: frozenset[str] = frozenset(),
         session_key: str | None = None,
+        needs: frozenset[Capability] = frozenset(),
     ) -> Lease | None:
-        """Claim a slot on the best node of ``tier``; None when none can take the request.
+        """Claim a slot on the best node of ``tier`` that supports all of ``needs``; None
+        when none can take the request.
 
         Best: the session's home node (rendezvous hash) while it is not busier than the
         others by much, so vLLM's prefix cache pays off; otherwise the least busy.
@@ -104,6 +130,7 @@ class NodePool:
             for n in self._nodes[tier]
             if n.name not in exclude
             and (model is None or n.spec.model == model)
+            and needs <= n.spec.supports
             and n.usable()
             and not n.full
         ]
@@ -120,6 +147,33 @@ class NodePool:
                 node.in_flight += 1
                 return Lease(node)
         return None
+
+    def skips(
+        self,
+        tier: Tier,
+        *,
+        model: str | None = None,
+        exclude: frozenset[str] = frozenset(),
+        needs: frozenset[Capability] = frozenset(),
+    ) -> list[Skip]:
+        """Why :meth:`acquire` found no node of ``tier``: each node it could have asked
+        (``model`` served, ``needs`` supported, not in ``exclude``) with its reason, in
+        policy order; the tier itself as ``no_nodes`` when none of its nodes could ever
+        serve the request (none configured, none with ``model`` or with ``needs``)."""
+        serving = [
+            n
+            for n in self._nodes[tier]
+            if (model is None or n.spec.model == model) and needs <= n.spec.supports
+        ]
+        if not serving:
+            return [Skip(tier=tier, node=None, reason="no_nodes")]
+        skips: list[Skip] = []
+        for node in serving:
+            reason = node.skip_reason()
+            # No reason now: its circuit's open period ran out since acquire() looked.
+            if node.name not in exclude and reason is not None:
+                skips.append(Skip(tier=tier, node=node.name, reason=reason))
+        return skips
 
 
 STICKY_SLACK = 0.5

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from scripts.stack.banner import banner
 from scripts.stack.config import (
     DEFAULT_POLICY,
     DEFAULT_RUN_DIR,
@@ -20,30 +19,31 @@ from scripts.stack.config import (
     StackConfig,
     StackError,
 )
-from scripts.stack.startup import Progress, Stack, start_stack
+from scripts.stack.parent import ParentWatch
+from scripts.stack.startup import Progress, start_stack
+from scripts.stack.supervisor import Supervisor
 
 
 class _StopRequest:
-    """Set by SIGINT/SIGTERM and polled by the loops: no exception lands mid-step, so a
-    signal can never skip the stop, whatever line it interrupts."""
+    """Set by SIGINT/SIGTERM (or the parent stopping) and polled by the loops: no exception
+    lands mid-step, so a signal can never skip the stop, whatever line it interrupts."""
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
+    def __init__(self, parent: ParentWatch | None = None) -> None:
+        self.reason: str | None = None
+        self._parent = parent
 
     def handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
+        self.reason = f"{signal.Signals(signum).name} received"
 
     def is_set(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "nothing"
+        if self.reason is None and self._parent is not None:
+            self.reason = self._parent.stopping()
+        return self.reason is not None
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = _parse_args(argv)
-    stop = _StopRequest()
+    config, stop_with_parent = _parse_args(argv)
+    stop = _StopRequest(ParentWatch() if stop_with_parent else None)
     signal.signal(signal.SIGINT, stop.handle)
     signal.signal(signal.SIGTERM, stop.handle)
     started = time.monotonic()
@@ -61,79 +61,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with stack:
         print(banner(stack, time.monotonic() - started), flush=True)
-        code = _supervise(stack, say, stop)
+        code = _supervise(Supervisor(stack, report=_report), say, stop)
     say("stopped everything the stack had started")
     return code
 
 
-def _supervise(stack: Stack, say: Progress, stop: _StopRequest) -> int:
-    """Run until a signal (status 0) or until a process dies by itself (status 1)."""
+def _supervise(supervisor: Supervisor, say: Progress, stop: _StopRequest) -> int:
+    """Restart what dies until a signal (status 0) or until the gateway is given up (1)."""
     while not stop.is_set():
-        dead = stack.first_exited()
-        if dead is not None:
-            print(
-                f"stack: error: {dead.name} exited with status {dead.exited()}; "
-                f"log {dead.log_path}:\n{dead.tail()}",
-                file=sys.stderr,
-                flush=True,
-            )
-            return 1
+        code = supervisor.poll()
+        if code is not None:
+            return code
         time.sleep(0.2)
-    say(f"{stop.name} received: stopping")
+    say(f"{stop.reason}: stopping")
     return 0
 
 
-def banner(stack: Stack, seconds: float) -> str:
-    """Where everything runs, and a curl line and an openai snippet to try the gateway."""
-    url = stack.gateway_url
-    redis_note = "started by the stack" if stack.redis_started else "already running"
-    rows = [
-        f"  gateway  {url}",
-        f"  edge     {stack.edge_url}  model {stack.edge_model} (llama.cpp)",
-    ]
-    if stack.cloud_url:
-        rows.append(
-            f"  cloud    {stack.cloud_url}  model {stack.cloud_model} (vLLM, {stack.cloud_build})"
-        )
-    else:
-        rows.append("  cloud    off (--no-cloud): every request runs on the edge")
-    rows.append(f"  redis    {stack.redis_url} ({redis_note})")
-    rows.append(f"  logs     {_short(stack.config.logs)}/{{gateway,edge,cloud,redis}}.log")
-    body = json.dumps(
-        {"model": "auto", "messages": [{"role": "user", "content": "Say hello in French."}]}
-    )
-    # The keys themselves are not printed: terminals end up in logs and screenshots.
-    keyed = bool(os.environ.get("GATEWAY_API_KEYS", "").strip())
-    auth = ' -H "authorization: Bearer $API_KEY"' if keyed else ""
-    api_key = 'os.environ["API_KEY"]' if keyed else '"unused"'
-    lines = [
-        f"\nhybrid gateway ready after {seconds:.0f} s: {url}",
-        *rows,
-        "\ncurl (the response headers name the tier, node and routing reason):",
-        f"  curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\",
-        f"    -H 'x-session-id: demo'{auth} -d '{body}'",
-        "\nopenai SDK (pip install openai):",
-        "  import os" if keyed else None,
-        "  from openai import OpenAI",
-        f'  client = OpenAI(base_url="{url}/v1", api_key={api_key})',
-        "  raw = client.chat.completions.with_raw_response.create(",
-        '      model="auto",  # or "edge" / "cloud" to pin a tier',
-        '      messages=[{"role": "user", "content": "Explain TCP slow start."}],',
-        '      extra_headers={"x-session-id": "demo"})',
-        '  print(raw.headers["x-gateway-tier"], raw.parse().choices[0].message.content)',
-        "\n(GATEWAY_API_KEYS is set: export API_KEY=<one of its keys> first)" if keyed else None,
-        "\nCtrl-C stops everything.",
-    ]
-    return "\n".join(line for line in lines if line is not None)
+def _report(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-def _short(path: Path) -> str:
-    with contextlib.suppress(ValueError):
-        return str(path.resolve().relative_to(Path.cwd()))
-    return str(path)
-
-
-def _parse_args(argv: list[str] | None) -> StackConfig:
+def _parse_args(argv: list[str] | None) -> tuple[StackConfig, bool]:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.stack",
         description="Run redis, an edge node, a cloud node (vLLM) and the gateway locally.",
@@ -145,6 +93,11 @@ def _parse_args(argv: list[str] | None) -> StackConfig:
         help="gateway=8080,edge=8001,cloud=8002,redis=6379 by default; 0 = any free port",
     )
     parser.add_argument("--no-cloud", action="store_true", help="edge node only, no vLLM")
+    parser.add_argument(
+        "--cloud-url",
+        metavar="URL=MODEL",
+        help="use this running OpenAI-compatible server as the cloud node instead of starting vLLM",
+    )
     parser.add_argument(
         "--run-dir",
         type=Path,
@@ -169,14 +122,24 @@ def _parse_args(argv: list[str] | None) -> StackConfig:
         metavar="SECONDS",
         help=f"start-up deadline (default {DEFAULT_STARTUP_TIMEOUT_S:.0f})",
     )
+    parser.add_argument(
+        "--stop-with-parent",
+        action="store_true",
+        help="also stop when the parent process exits or handles SIGINT/SIGTERM (make run)",
+    )
     args = parser.parse_args(argv)
     try:
         ports = Ports.parse(args.ports)
     except ValueError as exc:
         parser.error(f"--ports: {exc}")
+    external_cloud = None
+    if args.cloud_url is not None:
+        if args.no_cloud:
+            parser.error("--cloud-url and --no-cloud exclude each other")
+        external_cloud = _cloud_url(args.cloud_url, parser)
     if not args.policy.is_file():
         parser.error(f"--policy: {args.policy}: no such file")
-    return StackConfig(
+    config = StackConfig(
         ports=ports,
         cloud=not args.no_cloud,
         run_dir=args.run_dir.resolve(),
@@ -185,8 +148,18 @@ def _parse_args(argv: list[str] | None) -> StackConfig:
         redis_url=os.environ.get("REDIS_URL") or None,
         cloud_profile=args.cloud_profile,
         cloud_model=args.cloud_model,
+        external_cloud=external_cloud,
         startup_timeout_s=args.timeout,
     )
+    return config, args.stop_with_parent
+
+
+def _cloud_url(text: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    url, sep, model = text.partition("=")
+    url, model = url.strip().rstrip("/"), model.strip()
+    if not sep or not model or not url.startswith(("http://", "https://")):
+        parser.error(f"--cloud-url: {text!r}: expected URL=MODEL, e.g. http://10.0.0.5:8000=qwen")
+    return url, model
 
 
 if __name__ == "__main__":

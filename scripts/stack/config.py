@@ -19,6 +19,30 @@ DEFAULT_STARTUP_TIMEOUT_S = 900.0
 PROGRESS_EVERY_S = 10.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartPolicy:
+    """When the stack restarts a service that died by itself, and when it gives up on it.
+
+    A run *failed quickly* when the service never became ready or died less than
+    ``stable_after_s`` after it did. The n-th quick failure in a row waits
+    ``first_delay_s * 2**(n-1)`` (1, 2, 4, 8, 16 s), capped at ``max_delay_s``, before the
+    restart; after ``max_quick_failures`` in a row the stack gives up on the service. A
+    failure after a stable run starts the count again at one.
+    """
+
+    first_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    stable_after_s: float = 60.0
+    max_quick_failures: int = 6
+
+    def delay_s(self, failures: int) -> float:
+        """The wait before restarting after ``failures`` quick failures in a row (>= 1)."""
+        return float(min(self.first_delay_s * 2 ** max(failures - 1, 0), self.max_delay_s))
+
+    def gives_up(self, failures: int) -> bool:
+        return failures >= self.max_quick_failures
+
+
 class StackError(Exception):
     """The stack could not start; the message says what to do about it."""
 
@@ -83,10 +107,17 @@ class StackConfig:
     """A cloud_node profile (file or bundled name); None: cpu or gpu-dev, per vLLM build."""
     cloud_model: str | None = None
     """What vLLM serves; None: the SmolLM2 checkpoint that ``cloud_node prepare`` makes."""
+    external_cloud: tuple[str, str] | None = None
+    """(url, served model) of a cloud node already running: no vLLM is started."""
     vllm_python: Path = VLLM_PYTHON
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
     progress_every_s: float = PROGRESS_EVERY_S
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
     @property
     def logs(self) -> Path:
         return self.logs_dir if self.logs_dir is not None else self.run_dir / "logs"
+
+    @property
+    def starts_vllm(self) -> bool:
+        return self.cloud and self.external_cloud is None

@@ -21,11 +21,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts.stack import logs
 
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 20.0
@@ -34,36 +37,84 @@ STOP_TIMEOUT_S = 20.0
 @dataclass(slots=True, kw_only=True)
 class Service:
     """A process the stack started: its name for people, its PID (= process group), its log,
-    and the watchdog that stops its group if the stack dies without stopping it."""
+    what started it (to start it again), and the watchdog that stops its group if the stack
+    dies without stopping it."""
 
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path
+    started_at: float
+    """``time.monotonic()`` when the current process started."""
     watchdog: GroupWatchdog | None = None
+    ready: Callable[[], bool] | None = None
+    """Whether the service answers again after a restart (None: once it runs)."""
+    vital: bool = False
+    """Nothing works without it: giving up on restarting it ends the stack."""
+    restarts: int = 0
+    _stopped: bool = False
 
     def stop(self) -> None:
-        """Stop the process group (bounded), then release the watchdog."""
+        """Stop the process group (bounded), then release the watchdog; idempotent."""
+        if self._stopped:
+            return
         stop_group(self.process)
         if self.watchdog is not None:
             self.watchdog.disarm()
+        self._stopped = True
+
+    def restart(self) -> None:
+        """Stop what is left of the group, then start the same argv, env and cwd again."""
+        self.stop()
+        self.process, self.watchdog = _launch(
+            self.name, self.argv, log_path=self.log_path, cwd=self.cwd, env=self.env
+        )
+        self.started_at = time.monotonic()
+        self.restarts += 1
+        self._stopped = False
 
     def exited(self) -> int | None:
         return self.process.poll()
 
     def tail(self, lines: int = 30) -> str:
         """The end of the log, indented, for error messages."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            return f"(log unreadable: {exc})"
-        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+        return logs.tail(self.log_path, lines)
 
 
 def spawn(
     name: str, argv: Sequence[str], *, log_path: Path, cwd: Path, env: Mapping[str, str]
 ) -> Service:
-    """Start ``argv`` in a new session, stdout and stderr to ``log_path`` (truncated)."""
-    with log_path.open("wb") as log:
+    """Start ``argv`` in a new session, stdout and stderr appended to ``log_path``.
+
+    The log is rotated first when it is too large, and the child writes a separator line
+    with the time and its PID before the program starts (:mod:`scripts.stack.logs`).
+    """
+    process, watchdog = _launch(name, argv, log_path=log_path, cwd=cwd, env=env)
+    return Service(
+        name=name,
+        process=process,
+        log_path=log_path,
+        argv=tuple(argv),
+        env=dict(env),
+        cwd=cwd,
+        started_at=time.monotonic(),
+        watchdog=watchdog,
+    )
+
+
+def _launch(
+    name: str, argv: Sequence[str], *, log_path: Path, cwd: Path, env: Mapping[str, str]
+) -> tuple[subprocess.Popen[bytes], GroupWatchdog]:
+    logs.rotate(log_path)
+    stay_with_parent, mark_start = die_with_parent(), logs.start_marker(name)
+
+    def preexec() -> None:
+        stay_with_parent()
+        mark_start()
+
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             list(argv),
             cwd=cwd,
@@ -72,13 +123,11 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent(),
+            preexec_fn=preexec,
         )
     # The kernel's parent-death signal reaches only the leader: a vLLM still loading, or its
     # engine core, would outlive a killed stack. The watchdog stops the whole group.
-    return Service(
-        name=name, process=process, log_path=log_path, watchdog=GroupWatchdog(process.pid)
-    )
+    return process, GroupWatchdog(process.pid)
 
 
 def stop_group(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -148,6 +197,11 @@ def http_get(url: str) -> tuple[int | None, bytes | None]:
         return exc.code, None
     except (urllib.error.URLError, OSError, ValueError):
         return None, None
+
+
+def answers_200(url: str) -> Callable[[], bool]:
+    """A check: a GET of ``url`` answers 200."""
+    return lambda: http_get(url)[0] == 200
 
 
 # vLLM's prefix, e.g. "(EngineCore pid=123) INFO 11-22 11:47:16 [utils.py:347] ".

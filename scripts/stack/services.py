@@ -14,8 +14,16 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from scripts.stack import logs
 from scripts.stack.config import REPO_ROOT, SETUP_SCRIPT, StackConfig, StackError
-from scripts.stack.processes import HOST, Service, free_port, port_is_free, redis_answers
+from scripts.stack.processes import (
+    HOST,
+    Service,
+    answers_200,
+    free_port,
+    port_is_free,
+    redis_answers,
+)
 
 if TYPE_CHECKING:
     from scripts.stack.startup import Stack
@@ -28,7 +36,7 @@ REDIS_START_TIMEOUT_S = 15.0
 def check_ports_free(config: StackConfig) -> None:
     """Fail before starting anything when a port the stack needs is taken."""
     wanted = {"gateway": config.ports.gateway, "edge": config.ports.edge}
-    if config.cloud:
+    if config.starts_vllm:
         wanted["cloud"] = config.ports.cloud
     if len(set(wanted.values())) != len(wanted):
         raise StackError(f"two services were given the same port: {wanted}")
@@ -68,8 +76,9 @@ def start_redis(stack: Stack) -> None:
     # the server listens on loopback only.
     argv = ["redis-server", "--bind", HOST, "--port", str(port), "--dir", str(data_dir)]
     argv += ["--save", "", "--appendonly", "yes", "--protected-mode", "yes"]
-    service = stack.spawn("redis", argv, log_name="redis")
-    stack.redis_url, stack.redis_started = f"redis://{HOST}:{port}/0", True
+    url = f"redis://{HOST}:{port}/0"
+    service = stack.spawn("redis", argv, log_name="redis", ready=lambda: redis_answers(url))
+    stack.redis_url, stack.redis_started = url, True
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
     while not redis_answers(stack.redis_url):
         stack.raise_if_cancelled()
@@ -94,7 +103,8 @@ def start_edge(stack: Stack) -> Service:
     stack.edge_model = DEFAULT_SERVED_MODEL_NAME
     argv = [sys.executable, "-m", "edge_node", "--model", str(model)]
     argv += ["--host", HOST, "--port", str(stack.ports.edge)]
-    service = stack.spawn("edge node", argv, log_name="edge")
+    health = answers_200(stack.edge_url + "/health")
+    service = stack.spawn("edge node", argv, log_name="edge", ready=health)
     stack.progress(f"edge: starting llama.cpp with {model.name} (pid {service.process.pid})")
     return service
 
@@ -127,7 +137,8 @@ def start_cloud(stack: Stack) -> Service:
         served = profile.served_model_name or config.cloud_model
         argv += ["--model", config.cloud_model]
     stack.cloud_model, stack.cloud_build = served, profile.build
-    service = stack.spawn("cloud node (vLLM)", argv, log_name="cloud", env=env)
+    health = answers_200(f"{stack.cloud_url}/health")
+    service = stack.spawn("cloud node (vLLM)", argv, log_name="cloud", env=env, ready=health)
     stack.progress(
         f"cloud: starting vLLM, {profile.build} profile {profile_ref!r} (pid {service.process.pid})"
     )
@@ -172,7 +183,7 @@ def prepare_checkpoint(stack: Stack, env: Mapping[str, str]) -> str:
         time.sleep(0.2)
     stack.services.remove(service)
     service.stop()  # already exited: reaps it and releases its watchdog
-    lines = service.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = logs.current_run(service.log_path)  # the log keeps earlier runs above it
     if code != 0 or not lines:
         raise StackError(
             f"cloud_node prepare failed (exit {code}); log {service.log_path}:\n{service.tail()}"
@@ -197,7 +208,9 @@ def start_gateway(stack: Stack) -> Service:
     if config.cloud:
         env["GATEWAY_CLOUD_URLS"] = f"{stack.cloud_url}={stack.cloud_model}"
     argv = [sys.executable, "-m", "gateway", "serve"]
-    service = stack.spawn("gateway", argv, log_name="gateway", env=env)
+    alive = answers_200(stack.gateway_url + "/healthz")
+    service = stack.spawn("gateway", argv, log_name="gateway", env=env, ready=alive)
+    service.vital = True
     stack.progress(f"gateway: starting with policy {policy} (pid {service.process.pid})")
     return service
 

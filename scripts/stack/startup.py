@@ -13,6 +13,7 @@ from scripts.stack.config import REPO_ROOT, StackCancelled, StackConfig, StackEr
 from scripts.stack.processes import (
     HOST,
     Service,
+    answers_200,
     http_get,
     last_log_line,
     signals_held,
@@ -49,6 +50,8 @@ class Stack:
 
     @property
     def cloud_url(self) -> str | None:
+        if self.config.external_cloud is not None:
+            return self.config.external_cloud[0]
         return f"http://{HOST}:{self.ports.cloud}" if self.config.cloud else None
 
     def __enter__(self) -> Stack:
@@ -69,20 +72,21 @@ class Stack:
         *,
         log_name: str,
         env: Mapping[str, str] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> Service:
-        """Start a service logging to ``<logs>/<log_name>.log``; ``stop()`` will stop it."""
+        """Start a service logging to ``<logs>/<log_name>.log``; ``stop()`` will stop it.
+
+        ``ready`` says whether it answers: the supervisor waits for it after a restart.
+        """
         log_path = self.config.logs / f"{log_name}.log"
         service = spawn(name, argv, log_path=log_path, cwd=REPO_ROOT, env=env or {})
+        service.ready = ready
         self.services.append(service)
         return service
 
     def raise_if_cancelled(self) -> None:
         if self._cancelled():
             raise StackCancelled("start-up interrupted")
-
-    def first_exited(self) -> Service | None:
-        """A service that has exited although nobody stopped it, if any."""
-        return next((s for s in self.services if s.exited() is not None), None)
 
     def stop(self) -> None:
         """Stop every started process, newest first; idempotent."""
@@ -119,15 +123,17 @@ def start_stack(
             _Wait(
                 service=services.start_edge(stack),
                 what="the edge node (llama.cpp) to load the model",
-                check=_health_check(stack.edge_url),
+                check=answers_200(stack.edge_url + "/health"),
             )
         ]
-        if config.cloud:
+        if config.external_cloud is not None:
+            stack.cloud_model, stack.cloud_build = config.external_cloud[1], "external"
+        elif config.cloud:
             waits.append(
                 _Wait(
                     service=services.start_cloud(stack),
                     what="vLLM (cloud) to load the model",
-                    check=_health_check(str(stack.cloud_url)),
+                    check=answers_200(f"{stack.cloud_url}/health"),
                 )
             )
         waits.append(
@@ -158,10 +164,6 @@ def gateway_ready(url: str) -> Callable[[], bool]:
         return bool(nodes) and all(node.get("healthy") is True for node in nodes)
 
     return check
-
-
-def _health_check(url: str) -> Callable[[], bool]:
-    return lambda: http_get(url + "/health")[0] == 200
 
 
 @dataclass(slots=True, kw_only=True)

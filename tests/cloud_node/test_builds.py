@@ -103,7 +103,8 @@ def test_dry_run_prints_the_command_with_passthrough_args() -> None:
     assert " -m vllm.entrypoints.openai.api_server --model Qwen/Qwen2.5-7B-Instruct " in command
     assert command.endswith("--port 9001 --served-model-name cloud-default --max-model-len 8192 "
                             "--max-num-seqs 128 --gpu-memory-utilization 0.9 "
-                            "--enable-prefix-caching --enforce-eager --seed 3")  # fmt: skip
+                            "--enable-prefix-caching --enable-auto-tool-choice "
+                            "--tool-call-parser hermes --enforce-eager --seed 3")  # fmt: skip
 
 
 def test_dry_run_of_the_gpu_dev_profile() -> None:
@@ -119,7 +120,9 @@ def test_dry_run_of_the_gpu_dev_profile() -> None:
     assert command.endswith(" -m vllm.entrypoints.openai.api_server --model /m "
                             "--host 127.0.0.1 --port 9002 --served-model-name cloud-smollm2-135m "
                             "--max-model-len 2048 --gpu-memory-utilization 0.3 "
-                            "--enable-prefix-caching --enforce-eager")  # fmt: skip
+                            "--enable-prefix-caching --enforce-eager "
+                            "--enable-auto-tool-choice --tool-call-parser hermes "
+                            "--tool-strict-level parameter")  # fmt: skip
 
 
 def test_bad_override_exits_2_naming_the_flag() -> None:

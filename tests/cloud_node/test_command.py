@@ -68,6 +68,22 @@ CASES: list[tuple[str, Profile, tuple[str, ...], dict[str, str]]] = [
         {"VLLM_API_KEY": "s3cret"},
     ),
     (
+        # vLLM 0.32 loads a tool-call parser only with --enable-auto-tool-choice, which in
+        # turn needs the parser: one profile field gives both flags.
+        "tool-call-parser",
+        Profile(build="gpu", model="Qwen/Qwen2.5-7B-Instruct", tool_call_parser="hermes"),
+        ("--model", "Qwen/Qwen2.5-7B-Instruct", "--host", "127.0.0.1", "--port", "8002",
+         "--enable-auto-tool-choice", "--tool-call-parser", "hermes"),
+        {},
+    ),
+    (
+        "tool-strict-level",
+        Profile(build="cpu", model="m", tool_call_parser="hermes", tool_strict_level="parameter"),
+        ("--model", "m", "--host", "127.0.0.1", "--port", "8002", "--enable-auto-tool-choice",
+         "--tool-call-parser", "hermes", "--tool-strict-level", "parameter"),
+        {},
+    ),
+    (
         "whole-number-utilisation",
         Profile(build="gpu", model="m", gpu_memory_utilization=1.0),
         ("--model", "m", "--host", "127.0.0.1", "--port", "8002",

@@ -110,6 +110,26 @@ INVALID: list[tuple[str, str, str]] = [
         BASE + "extra_args: --enforce-eager\n",
         "p.yaml:4: extra_args: expected a list of strings",
     ),
+    (
+        "tool-call-parser-list",
+        BASE + "tool_call_parser: [hermes]\n",
+        "p.yaml:4: tool_call_parser: expected a non-empty string, got ['hermes']",
+    ),
+    (
+        "tool-call-parser-flag",
+        BASE + "tool_call_parser: '--enable-auto-tool-choice'\n",
+        "p.yaml:4: tool_call_parser: expected a vLLM tool-call parser name such as hermes",
+    ),
+    (
+        "tool-strict-level",
+        BASE + "tool_call_parser: hermes\ntool_strict_level: strict\n",
+        "p.yaml:5: tool_strict_level: expected one of auto, function, parameter, got 'strict'",
+    ),
+    (
+        "tool-strict-level-without-parser",
+        BASE + "tool_strict_level: parameter\n",
+        "p.yaml:4: tool_strict_level: needs tool_call_parser",
+    ),
     ("yaml-syntax", "version: 1\nbuild: [cpu\n", "p.yaml: invalid YAML"),
 ]  # fmt: skip
 
@@ -183,6 +203,21 @@ def test_gpu_dev_profile_is_a_small_loopback_server() -> None:
     # explicit bfloat16 makes vLLM refuse compute capability < 8.0).
     assert profile.dtype == "auto"
     assert profile.served_model_name == load_profile(find_profile("cpu")).served_model_name
+
+
+@pytest.mark.parametrize(
+    ("name", "parser", "strict"),
+    [("cpu", "hermes", "parameter"), ("gpu-dev", "hermes", "parameter"),
+     ("gpu-single", "hermes", None), ("gpu-tensor-parallel", "hermes", None)],
+)  # fmt: skip
+def test_bundled_profiles_load_a_tool_call_parser(
+    name: str, parser: str, strict: str | None
+) -> None:
+    """Qwen2.5's own format; for SmolLM2 the parser only lets vLLM force required and
+    named tool calls (the policy's cloud tier declares those, not tool_choice "auto"),
+    with the arguments pinned to the tools' schemas."""
+    profile = load_profile(find_profile(name))
+    assert (profile.tool_call_parser, profile.tool_strict_level) == (parser, strict)
 
 
 def test_unknown_profile_name_lists_the_bundled_ones() -> None:

@@ -138,6 +138,56 @@ async def test_context_overflow_is_400(
     assert info.value.type == "invalid_request_error"
 
 
+WEATHER: dict[str, object] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [WEATHER]}, "tools"),
+        ({"tools": [WEATHER], "tool_choice": "required"}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"logit_bias": {"1": -100}}, "logit_bias"),
+        ({"n": 2}, "n"),
+    ],
+)
+async def test_fields_the_node_cannot_honour_are_400_not_dropped(
+    client: openai.AsyncOpenAI, edge_node: EdgeNodeProcess, fields: dict[str, object], param: str
+) -> None:
+    """The reproducer: tools sent to the edge got an invented answer and a 200."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model=edge_node.model,
+            messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+            max_tokens=8,
+            extra_body=fields,
+        )
+    assert (info.value.param, info.value.type) == (param, "invalid_request_error")
+
+
+async def test_tools_with_tool_choice_none_are_answered_in_text(
+    client: openai.AsyncOpenAI, edge_node: EdgeNodeProcess
+) -> None:
+    completion = await client.chat.completions.create(
+        model=edge_node.model,
+        messages=HELLO,
+        max_tokens=8,
+        temperature=0,
+        tools=[WEATHER],
+        tool_choice="none",
+        response_format={"type": "text"},
+    )
+    assert completion.choices[0].message.content
+    assert not completion.choices[0].message.tool_calls
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [

@@ -16,6 +16,8 @@ from edge_node.schema import (
 
 ACCEPTED = frozenset({"smollm2-135m-instruct", "edge"})
 USER = [{"role": "user", "content": "hi"}]
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def parse(**fields: object) -> ChatRequest:
@@ -86,6 +88,23 @@ def test_missing_model_is_400(model: object) -> None:
         ({"stop": 7}, "stop"),
         ({"seed": -1}, "seed"),
         ({"ignore_eos": "true"}, "ignore_eos"),
+        # Fields that would change the answer, which the node cannot honour: refused, not
+        # dropped (an answer without them would pass for a faithful one).
+        ({"tools": [TOOL]}, "tools"),
+        ({"tools": [TOOL], "tool_choice": "auto"}, "tools"),
+        ({"tools": [TOOL], "tool_choice": "required"}, "tools"),
+        ({"tools": [TOOL], "tool_choice": NAMED}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [TOOL["function"]]}, "functions"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+            "messages[0].content[0]",
+        ),
     ],
 )
 def test_bad_fields_name_their_param(fields: dict[str, object], param: str) -> None:
@@ -115,7 +134,17 @@ def test_full_request_parses() -> None:
             "temperature": 0,
             "top_p": 0.5,
             "seed": 7,
-            "tools": [{"type": "function"}],  # not implemented: ignored, not rejected
+            # Accepted because they ask for nothing the node lacks: tools it may not call,
+            # plain text, no logprobs; and fields that do not change an answer.
+            "tools": [TOOL],
+            "tool_choice": "none",
+            "functions": [],
+            "response_format": {"type": "text"},
+            "logprobs": False,
+            "top_logprobs": 0,
+            "logit_bias": {},
+            "parallel_tool_calls": True,
+            "user": "u-1",
         }
     )
     assert request.messages == (

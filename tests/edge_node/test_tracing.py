@@ -235,3 +235,22 @@ def test_edge_tracing_settings_from_env(model_path: Path) -> None:
         parse_settings(argv, {"OTEL_TRACES_EXPORTER": "jaeger"})
     tracing: EdgeTracing = build_tracing(tracing_config_from_env({}))
     assert not tracing.enabled
+
+
+def test_console_tree_prints_the_edge_nodes_spans_as_a_tree(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``OTEL_TRACES_EXPORTER=console-tree`` works for the edge node as for the gateway, so
+    one environment can serve both processes."""
+    config = tracing_config_from_env({"OTEL_TRACES_EXPORTER": "console-tree"})
+    assert config.exporters == {"console-tree"}
+    tracing = build_tracing(config)
+    with tracing.tracer.start_as_current_span("POST /v1/chat/completions"):
+        with tracing.tracer.start_as_current_span("edge.generation"):
+            pass
+    tracing.shutdown()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    (root,) = [i for i, line in enumerate(lines) if "POST /v1/chat/completions" in line]
+    (child,) = [i for i, line in enumerate(lines) if "edge.generation" in line]
+    assert child == root + 1  # the child's line follows its parent's, indented further
+    assert lines[child].index("edge.generation") > lines[root].index("POST /v1/")

@@ -13,11 +13,21 @@ from tests.conftest import policy_yaml
 from tests.scripted import Script
 
 
+def scripted_edge(policy: str) -> str:
+    """``policy`` whose edge tier declares what a scripted node accepts (several choices,
+    image parts), so that requests using them are admitted to it."""
+    return policy.replace(
+        "context_window: 2048\n", "context_window: 2048\n    supports: [n, images]\n"
+    )
+
+
 @pytest.fixture
 async def gateway(upstreams, make_gateway):
     edge = await upstreams("edge-model")
     gw = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [], extra="limits:\n  max_body_bytes: 4096\n"),
+        scripted_edge(
+            policy_yaml([(edge.url, "edge-model")], [], extra="limits:\n  max_body_bytes: 4096\n")
+        ),
         health_checks=False,
     )
     return gw, edge
@@ -386,7 +396,7 @@ async def test_a_node_reply_utf8_cannot_encode_is_repaired(
     edge = await upstreams("edge-model")
     edge.script = Script(chunks=("Hel", "\ud800", "lo"))
     gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [], extra=SESSIONS),
+        scripted_edge(policy_yaml([(edge.url, "edge-model")], [], extra=SESSIONS)),
         health_checks=False,
         redis_url=redis_server.url,
     )

@@ -244,7 +244,7 @@ async def test_killed_mid_stream_the_cloud_finishes_and_the_circuit_opens(
     assert status == {"node": "edge-1", "healthy": True, "circuit": "open"}
     assert await edge_gauge(gateway, "gateway_node_circuit_state") == 2  # open
 
-    # Now an edge-bound request goes straight to the cloud: no attempt, no fallback named.
+    # Now an edge-bound request goes straight to the cloud: no attempt, the skip named.
     before = await edge_attempts(gateway)
     assert before == {"ok": 1, "stream_cut": 1, "connect_error": 1}
     async with sdk(gateway) as client:
@@ -252,7 +252,8 @@ async def test_killed_mid_stream_the_cloud_finishes_and_the_circuit_opens(
             model="edge", messages=HI, max_tokens=8
         )
     assert raw.headers["x-gateway-tier"] == "cloud"
-    assert "x-gateway-fallback" not in raw.headers  # skipped nodes are not listed there
+    # Not asked again (its circuit is open), but named: the move to the cloud is visible.
+    assert raw.headers["x-gateway-fallback"] == "edge-1:circuit_open"
     assert await edge_attempts(gateway) == before
     assert cloud.calls == 3
 
@@ -292,7 +293,8 @@ async def test_killed_mid_stream_the_health_checks_take_the_node_out(
     assert raw.headers["x-gateway-route-reason"] == "pinned by header x-gateway-tier: edge"
     assert raw.headers["x-gateway-tier"] == "cloud"
     assert raw.parse().model == CLOUD_MODEL
-    assert "x-gateway-fallback" not in raw.headers  # no attempt on the dead node to report
+    # No attempt on the dead node, but the skip is named.
+    assert raw.headers["x-gateway-fallback"] == "edge-1:unhealthy"
     assert await edge_attempts(gateway) == before
     assert cloud.calls == 2
 

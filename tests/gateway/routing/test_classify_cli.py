@@ -190,3 +190,21 @@ def test_target_share_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
     done = classify(write_policy(tmp_path), b"", "--target-edge-share", "1.5")
     assert done.returncode == 2
     assert b"between 0 and 1" in done.stderr
+
+
+def test_the_dry_run_applies_capabilities_as_the_server_does(tmp_path: Path) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    result = classify(
+        write_policy(tmp_path),
+        lines(
+            {"id": "forced", "messages": ask, "tools": tools, "tool_choice": "required"},
+            {"id": "auto", "messages": ask, "tools": tools},
+        ),
+    )
+    forced, auto = (json.loads(line) for line in result.stdout.splitlines())
+    # The default cloud serves forced tool calls, the edge none: a simple prompt moves.
+    assert (forced["tier"], forced["reason_kind"]) == ("cloud", "needs")
+    assert forced["reason"] == "needs tool_choice_required: cloud"
+    assert auto["error"]["param"] == "tools"  # no node serves tool_choice auto
+    assert result.returncode != 0

@@ -129,7 +129,11 @@ def test_the_readme_policy_reference_is_a_valid_policy() -> None:
         "free-plan",
         "long-answer",
         "deep-conversation",
+        "long-chat",
+        "agent",
+        "structured",
     ]
+    assert policy.tiers["cloud"].nodes[1].supports >= {"tool_choice_auto", "images"}
 
 
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import openai
@@ -69,8 +70,10 @@ async def make_sessions(upstreams, make_gateway):
         sessions: str = SESSIONS,
         edge_window: int = 2048,
         cloud_window: int = 8192,
+        edit: Callable[[str], str] = lambda text: text,
         **settings: object,
     ) -> SessionSetup:
+        """``edit`` rewrites the policy text (rules, per-tier keys) before the gateway starts."""
         edge = await upstreams("edge-model")
         cloud = await upstreams("cloud-model")
         policy = policy_yaml(
@@ -78,7 +81,9 @@ async def make_sessions(upstreams, make_gateway):
         )
         policy = policy.replace("context_window: 2048", f"context_window: {edge_window}")
         policy = policy.replace("context_window: 8192", f"context_window: {cloud_window}")
-        gateway = await make_gateway(policy, health_checks=False, redis_url=redis_url, **settings)
+        gateway = await make_gateway(
+            edit(policy), health_checks=False, redis_url=redis_url, **settings
+        )
         return SessionSetup(edge=edge, cloud=cloud, gateway=gateway, redis_url=redis_url)
 
     return start

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.routing.tokens import count_tokens
-from gateway.sessions.fitting import Budget, fit, message_tokens, tokens_at_most
+from gateway.sessions.fitting import Budget, fit, measure, message_tokens, tokens_at_most
 
 SYSTEM = [{"role": "system", "content": "You are terse."}]
 
@@ -119,3 +121,41 @@ def test_a_short_conversation_fits_without_running_the_tokenizer() -> None:
     fitted = fit(SYSTEM, conversation(2), budget(8192), cost=counting)
     assert fitted.fits and fitted.dropped == 0
     assert counted == []
+
+
+@pytest.mark.parametrize(
+    ("words", "window", "fits", "counted"),
+    [
+        (10, 8192, True, False),  # the byte bound proves it: no tokenizer
+        (500, 512, False, True),  # over the budget: counted exactly, nothing left out
+        (300, 1024, True, True),  # over the byte bound, within the budget once counted
+    ],
+)
+def test_measure_counts_only_when_the_bound_does_not_fit(words, window, fits, counted) -> None:
+    seen: list[object] = []
+
+    def counting(message) -> int:
+        seen.append(message)
+        return cost(message)
+
+    messages = [*SYSTEM, {"role": "user", "content": "word " * words}]
+    b = budget(window)
+    tokens, fit_ = measure(messages, b, cost=counting)
+    assert fit_ is fits and bool(seen) is counted
+    if counted:
+        assert tokens == sum(cost(m) for m in messages)
+    else:
+        assert tokens == sum(tokens_at_most(m, per_message_tokens=4) for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("window", "margin", "prompt", "room"),
+    [
+        (1000, 0.1, 800, 97),  # floor(900) - 3 reply-priming tokens - 800
+        (1000, 0.0, 800, 197),
+        (2048, 0.1, 1843, 0),  # never below zero
+        (2048, 0.1, 1700, 140),
+    ],
+)
+def test_answer_room(window, margin, prompt, room) -> None:
+    assert budget(window, margin=margin).answer_room(prompt) == room
