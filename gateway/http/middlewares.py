@@ -35,12 +35,16 @@ _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
     headers = {REQUEST_ID_HEADER: request_id, **exc.headers()}
-    return web.Response(
+    response = web.Response(
         status=exc.status,
         body=json.dumps(exc.body()).encode(),
         content_type="application/json",
         headers=headers,
     )
+    if headers.get("Connection", "").lower() == "close":
+        # aiohttp keeps a connection open unless told: a header alone would be a false promise.
+        response.force_close()
+    return response
 
 
 _STATUS_CODES = {
@@ -97,7 +101,7 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
         route = resource.canonical if resource is not None else None
         attributes: dict[str, AttributeValue] = {
             "http.request.method": request.method,
-            "url.path": request.path,
+            "url.path": logged_path(request),
             "url.scheme": request.scheme,
             "gateway.request_id": request_id,
         }
@@ -154,14 +158,14 @@ async def _observed(
                 level,
                 "%s %s %s %.1f ms%s%s",
                 request.method,
-                request.path,
+                logged_path(request),
                 shown,
                 duration_ms,
                 f" {tier}/{node}" if tier else "",
                 words,
                 extra={
                     "method": request.method,
-                    "path": request.path,
+                    "path": logged_path(request),
                     "status": status,
                     "duration_ms": duration_ms,
                     "tier": tier,
@@ -169,6 +173,15 @@ async def _observed(
                     **fields,
                 },
             )
+
+
+def logged_path(request: web.Request) -> str:
+    """The path for logs and spans: a route with variables as its template
+    (``/v1/sessions/{session_id}``), since a session id may be a user's name or e-mail."""
+    resource = request.match_info.route.resource
+    if resource is not None and "{" in resource.canonical:
+        return resource.canonical
+    return request.path
 
 
 def _error_on_span(code: str, status: int) -> None:

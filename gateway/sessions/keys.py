@@ -52,8 +52,9 @@ def check_session_id(value: str, *, param: str) -> str:
 def owner_of_key(api_key: str) -> str:
     """The owner of the sessions created with ``api_key``: 128 bits of HMAC-SHA256, hex.
 
-    Stable across replicas and restarts (nothing random), and one way: Redis key names
-    never reveal the API key.
+    The HMAC key is a fixed public label (it separates this use from others), so this is
+    in effect an unkeyed hash: stable across replicas and restarts, and one way, so Redis
+    key names never reveal an API key, but a guessable key could be confirmed from one.
     """
     digest = hmac.new(_OWNER_LABEL, api_key.encode("utf-8", "surrogatepass"), hashlib.sha256)
     return digest.hexdigest()[:OWNER_HEX_CHARS]

@@ -32,6 +32,7 @@ from typing import Final
 from gateway.protocol import TIERS, ChatCompletionRequest, ChatMessage, Tier
 from gateway.routing.answer_budget import default_max_tokens
 from gateway.routing.policy import Policy
+from gateway.routing.tokens import count_tokens
 from gateway.sessions.fitting import Budget, fit, measure, message_tokens
 from gateway.sessions.history import split_system
 
@@ -97,13 +98,15 @@ class TierPrompts:
     def body_for(self, tier: Tier, body: ChatCompletionRequest) -> ChatCompletionRequest:
         """``body`` (the request's, or a continuation of it) as ``tier`` is sent it."""
         messages = body.get("messages", [])
-        if messages is self.body.get("messages"):
-            prepared = self.prompt(tier)
-        else:
-            prepared = self._prepare(tier, messages)
+        original = self.body.get("messages", [])
+        continued = messages is not original  # the original messages, then a partial answer
+        prepared = self._prepare(tier, messages) if continued else self.prompt(tier)
         out: ChatCompletionRequest = {**body, "messages": prepared.messages}
         if prepared.max_tokens is not None:
-            out["max_tokens"] = prepared.max_tokens
+            # A continuation gets what is left of the default budget, as a client's own
+            # max_tokens is reduced by continuation_body: the answer as a whole stops there.
+            written = _partial_tokens(messages, len(original)) if continued else 0
+            out["max_tokens"] = max(1, prepared.max_tokens - written)
         return out
 
     def response_headers(self, tier: Tier) -> dict[str, str]:
@@ -152,6 +155,15 @@ class TierPrompts:
         tokens = message_tokens(message, per_message_tokens=self.policy.sessions.per_message_tokens)
         self._costs[id(message)] = (message, tokens)
         return tokens
+
+
+def _partial_tokens(messages: Sequence[ChatMessage], start: int) -> int:
+    """Tokens of the partial answer a continuation carries after the original messages
+    (tiktoken's count, like every estimate here; 0 when there is none)."""
+    if len(messages) <= start:
+        return 0
+    content = messages[start].get("content")
+    return count_tokens(content) if isinstance(content, str) else 0
 
 
 __all__ = ["BELOW_RESERVE", "WARNING_HEADER", "TierPrompt", "TierPrompts"]

@@ -125,7 +125,8 @@ def _parse_args(argv: list[str] | None) -> tuple[StackConfig, bool]:
     parser.add_argument(
         "--stop-with-parent",
         action="store_true",
-        help="also stop when the parent process exits or handles SIGINT/SIGTERM (make run)",
+        help="also stop when the parent exits or handles SIGINT, SIGTERM, SIGHUP or SIGQUIT "
+        "(make run)",
     )
     args = parser.parse_args(argv)
     try:

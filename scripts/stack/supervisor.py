@@ -6,9 +6,10 @@ Rules (the numbers are :class:`~scripts.stack.config.RestartPolicy`'s):
   and the other services keep running: the gateway fails over to the other tier while a
   node is down, and goes on without sessions while Redis is.
 - The service is started again with the same argv, environment and port, after a delay
-  that doubles with each quick failure in a row (1, 2, 4, 8, 16 s, capped at 30 s); its
-  log is appended to. It counts as back once its ready check answers again (a node's
-  ``/health``, Redis's PING, the gateway's ``/healthz``), and the stack says so.
+  that doubles with each quick failure in a row (1, 2, 4, 8, 16 s; capped at 30 s when
+  more failures are allowed); its log is appended to. It counts as back once its ready
+  check answers again (a node's ``/health``, Redis's PING, the gateway's ``/healthz``),
+  and the stack says so.
 - A restart that is not ready within the start-up deadline is stopped and counts as a
   failure. After ``max_quick_failures`` quick failures in a row the stack gives up on
   the service and says so; giving up on the gateway ends the stack (status 1), since

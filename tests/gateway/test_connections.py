@@ -184,6 +184,23 @@ async def test_an_unfinished_body_is_answered_408_and_closed(serve: StartGateway
     assert "x-request-id" in headers
 
 
+async def test_a_408_closes_even_when_the_rest_of_the_body_arrives(serve: StartGateway) -> None:
+    """``Connection: close`` on the 408 is kept: the rest of the body, sent after it, does not
+    turn the connection back into a keep-alive one that serves the next request."""
+    gateway = await serve(body_timeout_s=1.0)
+    reader, writer = await connect(gateway.port)
+    start = b'{"messages": ['
+    writer.write(CHAT_HEAD.format(padding="x", length=len(start) + 2).encode() + start)
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1.0 + SLACK_S)
+        assert head.startswith(b"HTTP/1.1 408 ")
+        writer.write(b"]}" + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        rest = await read_until_closed(reader, LINGER_S + SLACK_S)
+    finally:
+        writer.close()
+    assert b"HTTP/1.1 200" not in rest  # closed after the 408, nothing else served
+
+
 async def test_a_body_trickled_past_the_deadline_is_cut_too(serve: StartGateway) -> None:
     """Bytes that keep coming do not extend the body deadline: it bounds the whole body."""
     gateway = await serve(body_timeout_s=1.0)

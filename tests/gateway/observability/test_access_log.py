@@ -48,6 +48,16 @@ def access_log() -> Iterator[tuple[io.StringIO, io.StringIO]]:
         logger.setLevel(level)
 
 
+async def _lines(stream: io.StringIO, count: int, timeout_s: float = 5.0) -> list[str]:
+    """The first ``count`` lines once written: the access line follows the end of the body,
+    which a client may not wait for (the SDK leaves at ``[DONE]``)."""
+    deadline = time.monotonic() + timeout_s
+    while len(lines := stream.getvalue().splitlines()) < count:
+        assert time.monotonic() < deadline, f"{len(lines)} access lines, expected {count}"
+        await asyncio.sleep(0.01)
+    return lines[:count]
+
+
 async def _eventually_unhealthy(gateway, tier: str) -> None:  # type: ignore[no-untyped-def]
     node = gateway.app[STATE].pool.nodes(tier)[0]
     deadline = time.monotonic() + 5
@@ -87,7 +97,7 @@ async def test_a_streamed_session_request_that_fell_back_has_every_field(
         )
         [c async for c in raw.parse()]
 
-    (line,) = json_lines.getvalue().splitlines()
+    (line,) = await _lines(json_lines, 1)
     assert "chat-42" not in line  # the raw session id is never logged
     entry = json.loads(line)
     assert entry["status"] == 200
@@ -155,3 +165,20 @@ async def test_a_plain_request_and_a_failed_one(upstreams, make_gateway, access_
     assert text[0].split("gateway.access: ", 1)[1] == (
         served["message"] + f" [request_id={served['request_id']}]"
     )
+
+
+@pytest.mark.redis
+async def test_the_session_api_logs_its_route_not_the_session_id(
+    upstreams, make_gateway, redis_server, access_log
+) -> None:
+    json_lines, _ = access_log
+    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+    policy = policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]) + SESSIONS
+    gateway = await make_gateway(policy, redis_url=redis_server.url, health_checks=False)
+    async with aiohttp.ClientSession() as http:
+        for method in ("GET", "DELETE"):
+            async with http.request(method, f"{gateway.url}/v1/sessions/alice.smith") as response:
+                assert response.status == 404
+    entries = [json.loads(line) for line in await _lines(json_lines, 2)]
+    assert [e["path"] for e in entries] == ["/v1/sessions/{session_id}"] * 2
+    assert all("alice.smith" not in line for line in json_lines.getvalue().splitlines())

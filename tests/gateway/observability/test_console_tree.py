@@ -75,6 +75,8 @@ async def test_a_request_that_fell_back_prints_as_one_tree(upstreams, make_gatew
         if "POST /v1/chat/completions" in out.getvalue():
             break
         await asyncio.sleep(0.01)
+    else:
+        pytest.fail(f"no trace printed within 2 s: {out.getvalue()!r}")
 
     text = out.getvalue()
     header = text.splitlines()[0]

@@ -148,8 +148,19 @@ def test_a_continuation_body_is_fitted_afresh() -> None:
     sent = request.body_for("edge", continued)
     assert sent["messages"][-1] == continued["messages"][-1]
     assert sent["messages"][0]["role"] == "user" and len(sent["messages"]) < len(messages)
-    assert sent["max_tokens"] == 100
+    # What is left of the default budget: the answer as a whole stops at 100 tokens.
+    assert sent["max_tokens"] == 100 - count_tokens("partial " * 20)
     assert request.prompt("edge").messages[-1] == messages[-1]  # the request's own: unchanged
+
+
+def test_a_continuation_past_the_default_budget_still_asks_for_one_token() -> None:
+    messages = [{"role": "user", "content": "next"}]
+    request = prompts(messages, fit=True)
+    continued = {
+        **request.body,
+        "messages": [*messages, {"role": "assistant", "content": "word " * 150}],
+    }
+    assert request.body_for("edge", continued)["max_tokens"] == 1
 
 
 @pytest.mark.parametrize(
