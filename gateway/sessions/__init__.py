@@ -3,7 +3,8 @@
 Modules: ``keys`` (ids, cluster-safe keys), ``turns`` (stored JSON), ``history`` (the merge
 rule), ``fitting`` (context windows), ``prompts`` (what each tier is sent: fitted messages
 and the answer budget, sessions or not), ``store`` (Redis + Lua), ``spool`` (turns waiting
-out an outage), ``conversation`` (one request's view), ``service`` (all of it together).
+out an outage), ``conversation`` (one request's view), ``replay`` (the store's health and
+the spool's background replay), ``service`` (all of it together, serving requests).
 """
 
 from gateway.sessions.conversation import (
