@@ -5,27 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 
 from scripts.stack.processes import die_with_parent
+from tests.helpers import run_cli
 from tests.scripted import unused_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_check_policy_accepts_the_shipped_policy() -> None:

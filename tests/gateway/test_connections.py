@@ -25,6 +25,7 @@ from gateway.http.connections import LINGER_S, GuardedRunner
 from gateway.settings import ConnectionLimits, Settings, SettingsError, settings_from_env
 from scripts.stack.processes import die_with_parent
 from tests.conftest import policy_yaml
+from tests.helpers import eventually
 from tests.scripted import unused_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,13 +116,6 @@ def parse(raw: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
         for name, _, value in (line.partition(":") for line in lines if line)
     }
     return int(status_line.split()[1]), headers, json.loads(body)
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"not true within {timeout_s:g} s"
-        await asyncio.sleep(0.02)
 
 
 async def test_headers_sent_at_one_byte_per_second_are_cut_at_the_header_deadline(

@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import os
 import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,9 +16,9 @@ import pytest
 from gateway.state import STATE
 from tests.conftest import RunningGateway, policy_yaml
 from tests.gateway.test_reload import _reloads, _wait_for
+from tests.helpers import run_cli
 from tests.scripted import unused_port
 
-ROOT = Path(__file__).resolve().parents[2]
 HEALTHZ_MAX_S = 0.05
 
 # The classic: nine levels of ten aliases, 10**9 strings once expanded, 1.2 KB written.
@@ -149,17 +147,6 @@ async def test_hostile_file_is_a_counted_failure_and_the_next_edit_is_adopted(
     assert await _readyz_policy_error(gateway) is None
 
 
-def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
-
-
 NUL_POLICY = "version: 1\ntiers:\n  edge: {context_window: 2048\x00}\n"
 NUL_ERROR = "<document>: invalid YAML: control character U+0000 at column 30 is not allowed"
 
@@ -167,7 +154,7 @@ NUL_ERROR = "<document>: invalid YAML: control character U+0000 at column 30 is 
 def test_check_policy_names_a_nul_byte_without_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "nul.yaml"
     bad.write_text(NUL_POLICY)
-    result = _run_cli("check-policy", str(bad))
+    result = run_cli("check-policy", str(bad))
     assert result.returncode == 1  # check-policy's status for a file that fails
     assert result.stderr == f"error: {bad}:3: {NUL_ERROR}\n"
 
@@ -176,6 +163,6 @@ def test_serve_names_a_nul_byte_without_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "nul.yaml"
     bad.write_text(NUL_POLICY)
     env = {"GATEWAY_POLICY": str(bad), "GATEWAY_PORT": str(unused_port())}
-    result = _run_cli("serve", env=env)
+    result = run_cli("serve", env=env)
     assert result.returncode == 2  # serve's status for an invalid policy
     assert result.stderr == f"error: invalid policy: {bad}:3: {NUL_ERROR}\n"

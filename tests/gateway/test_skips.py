@@ -4,8 +4,6 @@ request span and in ``gateway_node_skips_total``, in order with the failed attem
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import openai
 import pytest
@@ -16,16 +14,10 @@ from gateway.upstream.pool import NodePool, Skip
 from tests.conftest import RunningGateway, policy_yaml
 from tests.gateway.observability.conftest import SIMPLE, attrs, make_spans, sdk
 from tests.gateway.resilience.conftest import metric_samples
+from tests.helpers import eventually
 from tests.scripted import Script
 
 TO_CLOUD = {"x-gateway-tier": "cloud"}
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"not true within {timeout_s:g} s"
-        await asyncio.sleep(0.02)
 
 
 async def _ask(gateway: RunningGateway, *, stream: bool = False, **kw: object):  # type: ignore[no-untyped-def]

@@ -14,13 +14,13 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from openai import AsyncOpenAI
 
 from scripts.stack.processes import die_with_parent
+from tests.helpers import eventually
 from tests.scripted import ScriptedUpstream
 from tests.stack._procs import alive
 from tests.stack._tools import REPO_ROOT
@@ -88,13 +88,6 @@ class StackCli:
         return code
 
 
-async def _eventually(check: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.timeout(240)
 async def test_a_killed_edge_node_is_restarted_while_the_gateway_fails_over(
     tmp_path: Path,
@@ -129,7 +122,7 @@ async def test_a_killed_edge_node_is_restarted_while_the_gateway_fails_over(
             before = edge_log.read_text()
 
             os.kill(pids["edge"], signal.SIGKILL)
-            await _eventually(lambda: not alive(pids["edge"]), 10, "the edge node to die")
+            await eventually(lambda: not alive(pids["edge"]), 10, "the edge node to die")
             # Meanwhile (the restart waits at least 1 s, then the model loads), the request
             # that the edge cannot take is answered by the cloud, and the header says why.
             tier, fallback = await ask_edge()

@@ -19,6 +19,7 @@ from gateway.logs import JsonFormatter, TextFormatter
 from gateway.state import STATE
 from tests.conftest import policy_yaml
 from tests.gateway.observability.conftest import SIMPLE, sdk
+from tests.helpers import eventually
 from tests.scripted import Script
 
 SESSIONS = """\
@@ -60,10 +61,7 @@ async def _lines(stream: io.StringIO, count: int, timeout_s: float = 5.0) -> lis
 
 async def _eventually_unhealthy(gateway, tier: str) -> None:  # type: ignore[no-untyped-def]
     node = gateway.app[STATE].pool.nodes(tier)[0]
-    deadline = time.monotonic() + 5
-    while node.healthy is not False:
-        assert time.monotonic() < deadline, "the node was not marked down"
-        await asyncio.sleep(0.02)
+    await eventually(lambda: node.healthy is False, 5, "the node marked down")
 
 
 def test_session_hash_is_a_plain_sha256_prefix() -> None:
