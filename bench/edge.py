@@ -1,9 +1,10 @@
 """Edge node benchmark: the node over HTTP (streaming) versus llama.cpp in-process.
 
     python bench/edge.py [--model PATH] [--n-ctx 2048] [--n-threads N] [--n-gpu-layers 0]
-                         [--max-tokens 128] [--rounds 7] [--deadline-s 300]
+                         [--max-tokens 128] [--rounds 7] [--parallel 1] [--deadline-s 300]
 
-In one run, with the same model settings on both sides:
+In one run, with the same model settings on both sides (``--parallel 1``, the default:
+the node's one-at-a-time engine; ``bench/serving.py`` measures the batching engine):
 
 1. decode speed (tokens/s after the first token) and time to first token, for the node
    (``POST /v1/chat/completions``, stream, ``ignore_eos`` so both sides decode exactly
@@ -231,6 +232,9 @@ async def main() -> int:
     parser.add_argument("--n-gpu-layers", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="the node's --parallel (1: one at a time)"
+    )
     parser.add_argument("--deadline-s", type=float, default=300.0)
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}  load average at start: {os.getloadavg()[0]:.2f}")
@@ -240,8 +244,10 @@ async def main() -> int:
         n_ctx=args.n_ctx,
         n_threads=args.n_threads,
         n_gpu_layers=args.n_gpu_layers,
+        parallel=args.parallel,
     )
     node_args = ["--model", str(args.model), "--n-gpu-layers", str(args.n_gpu_layers)]
+    node_args += ["--parallel", str(args.parallel)]
     if args.n_threads is not None:
         node_args += ["--n-threads", str(args.n_threads)]
 

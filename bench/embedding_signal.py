@@ -59,8 +59,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.routing_quality import long_conversation  # noqa: E402
 from gateway.routing.features import FEATURE_NAMES  # noqa: E402
-from gateway.routing.tokens import count_tokens  # noqa: E402
-from scripts.train_classifier import (  # noqa: E402
+from gateway.tokens import count_tokens  # noqa: E402
+from scripts.classifier_v1 import (  # noqa: E402
     BETWEEN_FEATURE,
     BETWEEN_RIDGE,
     CALIBRATION_KNOTS,

@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.protocol import ChatCompletionRequest, ChatMessage
+from gateway.policy.parse import load_policy
 from gateway.routing.classifier import build_classifier
 from gateway.routing.decide import RoutingRequest, decide
 from gateway.routing.fitted import decide_fitted
-from gateway.routing.policy import load_policy
 from gateway.sessions.prompts import TierPrompt, TierPrompts
+from hybrid_common.protocol import ChatCompletionRequest, ChatMessage
 
 ROOT = Path(__file__).resolve().parent.parent
 Fitter = Callable[[], TierPrompts]

@@ -1,335 +1,355 @@
-"""Gateway overhead: the same fast upstream called directly and through the gateway.
+"""Gateway overhead: CPU per request and added latency, beside a bare aiohttp proxy.
 
-Starts a minimal OpenAI-compatible upstream and the real gateway (`python -m gateway
-serve`) as separate processes on loopback, then measures from this process, in one run:
-non-streaming latency (p50/p99) and throughput, and streaming time to first chunk, at
-concurrency 1 and 16. Prints the figures and the gateway's added latency.
+One run starts, on loopback: an instant scripted upstream (a real aiohttp server answering
+a fixed 20-chunk stream, or one JSON body, with usage), a bare pass-through proxy
+(``bench/bare_proxy.py``, the floor of any Python aiohttp hop) and the real gateway
+(``python -m gateway serve``) with the shipped ``policies/default.yaml`` (learned
+classifier and rules, as shipped; every node pointed at the upstream through
+GATEWAY_EDGE_URLS / GATEWAY_CLOUD_URLS). The proxy and the gateways are pinned to one core;
+this load generator, the upstream and Redis to the other.
 
-    .venv/bin/python bench/overhead.py [--requests 2000] [--concurrency 1 16]
+Each round measures every target for every cell (non-stream and stream, at each
+concurrency), in alternating order (forward in even rounds, backward in odd ones), and
+reads each server's CPU time (all its threads, from /proc) over exactly the measured
+window. Printed: CPU per request, req/s, latency (whole answer; time to first chunk for
+streams) and what the gateway adds over direct, and the ratio of the gateway's CPU per
+request to the bare proxy's, per round (median, min-max).
 
-``--tracing`` measures the gateway twice, with tracing off and then on (every request
-traced: OTEL_TRACES_EXPORTER=otlp, batch export over OTLP/HTTP to a local sink process
-that accepts and discards the spans), and prints both tables and the difference.
+Targets: direct, bare proxy, gateway (sessions off), gateway with sessions on (a real
+redis-server; each conversation four turns) unless ``--no-sessions``, and with
+``--tracing`` the gateway with sessions and tracing on (every request exported over
+OTLP/HTTP to a local sink). Tracing is off elsewhere. Logs are the gateway's default (INFO,
+JSON access lines), written to a file. Stops by itself: ``--rounds`` rounds of
+``--requests`` requests per measurement, or earlier at ``--max-seconds``.
+``--baseline-tree DIR`` adds each gateway row again, run from another checkout (marked
+``[base]``), so before and after share the same rounds, core and minutes.
+
+    .venv/bin/python bench/overhead.py [--rounds 5] [--requests 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
+import platform
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # PYTHONPATH, if set, goes first
+
 from _common import free_port, wait_ready  # bench/ is the script directory
-from aiohttp import web
+from _overhead_load import Cell, Sample, measure, verify
+from _overhead_report import print_report
+from _overhead_upstream import MODEL
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import gateway
+from scripts.stack.processes import die_with_parent  # no server outlives a kill
 
-from scripts.stack.processes import die_with_parent  # noqa: E402  (no server outlives a kill)
-
-MODEL = "bench-model"
-COMPLETION = json.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 0,
-        "model": MODEL,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-    }
-).encode()
-CHUNKS = [
-    json.dumps(
-        {
-            "id": "c",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": MODEL,
-            "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
-        }
-    )
-    for word in ("Hello", " there", ".")
-] + [
-    json.dumps(
-        {
-            "id": "c",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": MODEL,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        }
-    ),
-    json.dumps(
-        {
-            "id": "c",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": MODEL,
-            "choices": [],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-        }
-    ),
-]
-STREAM_BODY = b"".join(b"data: " + c.encode() + b"\n\n" for c in CHUNKS) + b"data: [DONE]\n\n"
-REQUEST = {"model": "auto", "messages": [{"role": "user", "content": "Say hello in one word."}]}
+REPO = Path(gateway.__file__).resolve().parents[1]
+"""The tree under test: where ``gateway`` was imported from (PYTHONPATH picks another)."""
+BENCH = Path(__file__).resolve().parent
+PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
 
 
-def serve_upstream(port: int) -> None:
-    """The fast upstream: a canned answer, no model."""
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        if not body.get("stream"):
-            return web.Response(body=COMPLETION, content_type="application/json")
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(STREAM_BODY)
-        await response.write_eof()
-        return response
-
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/health", health)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-def serve_otlp_sink(port: int) -> None:
-    """Accepts OTLP/HTTP trace exports and discards them (an empty ExportTraceServiceResponse
-    is zero bytes of protobuf)."""
-
-    async def traces(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/traces", traces)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-POLICY = """version: 1
-tiers:
-  edge:
-    max_concurrency_per_node: 256
-    nodes: [{{url: "http://127.0.0.1:{port}", model: "{model}", name: edge-1}}]
-  cloud:
-    nodes: []
-routing:
-  classifier: {{kind: {classifier}}}
-fallback:
-  stream_internally: {stream_internally}
-"""
-
-
-@dataclass
-class Result:
-    latencies_s: list[float]
-    wall_s: float
-
-    def pct(self, q: float) -> float:
-        data = sorted(self.latencies_s)
-        return data[min(len(data) - 1, int(q * len(data)))] * 1000
-
-    @property
-    def rps(self) -> float:
-        return len(self.latencies_s) / self.wall_s
-
-
-async def run_load(url: str, *, stream: bool, concurrency: int, requests: int) -> Result:
-    body = json.dumps({**REQUEST, "stream": stream}).encode()
-    headers = {"Content-Type": "application/json"}
-    latencies: list[float] = []
-    remaining = requests
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                start = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as response:
-                    if stream:
-                        await response.content.readline()  # time to the first chunk
-                        latencies.append(time.perf_counter() - start)
-                        await response.read()
-                    else:
-                        await response.read()
-                        latencies.append(time.perf_counter() - start)
-                    if response.status != 200:
-                        raise RuntimeError(f"status {response.status} from {url}")
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return Result(latencies, wall)
-
-
-async def main_async(args: argparse.Namespace) -> None:
-    upstream_port = free_port()
-    policy = Path(tempfile.mkdtemp()) / "bench-policy.yaml"
-    policy.write_text(
-        POLICY.format(
-            port=upstream_port,
-            model=MODEL,
-            classifier=args.classifier,
-            stream_internally="false" if args.plain_non_stream else "true",
+def cores() -> tuple[set[int], set[int]]:
+    """(server core, load core): the first two CPUs this process may use."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        raise SystemExit(
+            "needs two CPUs: the servers on one, the load and the upstream on the other"
         )
-    )
-    # Without --tracing the gateway runs as the environment says (OTEL_* included).
-    configs: list[tuple[str, dict[str, str]]] = [("", {})]
-    helpers = [[sys.executable, __file__, "--serve-upstream", str(upstream_port)]]
-    if args.tracing:
-        sink_port = free_port()
-        helpers.append([sys.executable, __file__, "--serve-otlp-sink", str(sink_port)])
-        off = {"OTEL_TRACES_EXPORTER": "none", "OTEL_SDK_DISABLED": "true"}
-        on = {
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-            "OTEL_TRACES_SAMPLER": "always_on",
-            "OTEL_SDK_DISABLED": "false",
-        }
-        configs = [("tracing off", off), ("tracing on (OTLP/HTTP, every request)", on)]
-    # They start in the background while this process waits for them to answer.
-    processes = [subprocess.Popen(argv, preexec_fn=die_with_parent()) for argv in helpers]  # noqa: ASYNC220
+    return {allowed[0]}, {allowed[1]}
+
+
+def spawn(
+    argv: list[str], *, env: dict[str, str], cpus: set[int], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` pinned to ``cpus`` (every thread it will start inherits the mask)."""
+    dies = die_with_parent()
+
+    def preexec() -> None:
+        dies()
+        os.sched_setaffinity(0, cpus)
+
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec
+        )
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without the gateway's own variables, so a run depends on its options."""
+    drop = ("GATEWAY_", "OTEL_", "REDIS_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def describe_machine() -> str:
+    model = "?"
     try:
-        await wait_ready(f"http://127.0.0.1:{upstream_port}/health")
-        results = []
-        for title, extra in configs:
-            results.append(await measure_gateway(args, policy, upstream_port, title, extra))
-        if len(results) == 2:
-            print_difference(args, *results)
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{platform.machine()}, {os.cpu_count()} CPUs ({model}), load average {load}"
+
+
+def git_revision(tree: Path) -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + (" with uncommitted changes" if dirty else "")
+
+
+async def run(args: argparse.Namespace) -> None:
+    server_cpus, load_cpus = cores()
+    os.sched_setaffinity(0, load_cpus)  # this process and what it starts unpinned: upstream, Redis
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    trees = [("", REPO)] + ([("[base]", Path(args.baseline_tree))] if args.baseline_tree else [])
+    print(f"command: {' '.join(shlex.quote(a) for a in sys.argv)}")
+    for suffix, tree in trees:
+        revision, policy = git_revision(tree), policy_of(args, tree)
+        print(f"gateway{suffix}: {tree}/gateway ({revision}); policy: {policy}")
+    print(f"machine: {describe_machine()}; servers on CPU {server_cpus}, load on CPU {load_cpus}")
+    print(f"logs: {workdir} (removed after a run that completes, unless --keep-logs)")
+    env = clean_env()
+    processes: list[subprocess.Popen[bytes]] = []
+    cleanup: list[Path] = []
+    redis = None
+    try:
+        upstream_port = free_port()
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        argv = [sys.executable, str(BENCH / "_overhead_upstream.py"), "--port", str(upstream_port)]
+        processes.append(spawn(argv, env=env, cpus=load_cpus, log=workdir / "upstream.log"))
+        proxy_port = free_port()
+        argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(proxy_port)]
+        argv += ["--upstream", upstream]
+        proxy = spawn(argv, env=env, cpus=server_cpus, log=workdir / "proxy.log")
+        processes.append(proxy)
+        targets: list[tuple[str, str, int | None]] = [
+            ("direct", upstream, None),
+            ("bare proxy", f"http://127.0.0.1:{proxy_port}", proxy.pid),
+        ]
+        redis_url = sink_url = ""
+        if not args.no_sessions or args.tracing:
+            from tests.fixtures.redis import RedisServer
+
+            redis = RedisServer(binary="redis-server", port=free_port(), workdir=workdir)
+            redis.start()
+            redis_url = redis.url
+        if args.tracing:
+            sink_port = free_port()
+            argv = [sys.executable, str(BENCH / "_overhead_upstream.py"), "--otlp-sink"]
+            argv += ["--port", str(sink_port)]
+            processes.append(spawn(argv, env=env, cpus=load_cpus, log=workdir / "sink.log"))
+            sink_url = f"http://127.0.0.1:{sink_port}"
+        for suffix, tree in trees:
+            for name, extra in gateway_variants(args, redis_url, sink_url):
+                port = free_port()
+                genv = {
+                    **env,
+                    "PYTHONPATH": str(tree),
+                    "GATEWAY_POLICY": str(policy_of(args, tree)),
+                    "GATEWAY_EDGE_URLS": f"{upstream}={MODEL}-edge",
+                    "GATEWAY_CLOUD_URLS": f"{upstream}={MODEL}-cloud",
+                    "OTEL_SDK_DISABLED": "true",
+                    **dict(kv.split("=", 1) for kv in args.env),
+                    **extra,
+                    "GATEWAY_PORT": str(port),
+                }
+                argv = [sys.executable, "-m", "gateway", "serve"]
+                log = workdir / f"{name}{suffix}.log"
+                process = spawn(argv, env=genv, cpus=server_cpus, log=log, cwd=tree)
+                processes.append(process)
+                targets.append((name + suffix, f"http://127.0.0.1:{port}", process.pid))
+        await wait_ready(upstream + "/health")
+        await wait_ready(f"http://127.0.0.1:{proxy_port}/health")
+        for _name, url, _pid in targets[2:]:
+            await wait_ready(url + "/readyz")
+        await run_rounds(args, targets, started)
+        if not args.keep_logs:
+            cleanup.append(workdir)  # the servers' logs, once they have stopped
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
-            process.wait(timeout=10)
+            try:
+                process.wait(timeout=30)  # tracing on: the last spans are flushed on the way out
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if redis is not None:
+            redis.stop()
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
 
-async def measure_gateway(
-    args: argparse.Namespace,
-    policy: Path,
-    upstream_port: int,
-    title: str,
-    extra_env: dict[str, str],
-) -> dict[tuple[bool, int], Result]:
-    """Start a gateway with ``extra_env``, print its table; the gateway figures by
-    (stream, concurrency)."""
-    gateway_port = free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_POLICY": str(policy),
-        "GATEWAY_PORT": str(gateway_port),
-        "GATEWAY_LOG_LEVEL": "WARNING",
-        **extra_env,
-        **dict(kv.split("=", 1) for kv in args.env),
-    }
-    gateway = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, preexec_fn=die_with_parent()
-    )
-    figures: dict[tuple[bool, int], Result] = {}
-    try:
-        await wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
-        direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-        through = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
-        if title:
-            print(f"\n== {title}")
-        print(f"requests per measurement: {args.requests}; classifier: {args.classifier}")
-        header = (
-            f"{'mode':<11}{'conc':>5} | {'direct p50':>10} {'p99':>7} {'rps':>7} | "
-            f"{'gateway p50':>11} {'p99':>7} {'rps':>7} | {'added p50':>9} {'added p99':>9}"
-        )
-        print(header)
-        print("-" * len(header))
-        for stream in (False, True):
-            for concurrency in args.concurrency:
-                # Warm up both paths (connections, caches), then alternate to spread noise.
-                for url in (direct, through):
-                    await run_load(url, stream=stream, concurrency=concurrency, requests=100)
-                d = await run_load(
-                    direct, stream=stream, concurrency=concurrency, requests=args.requests
-                )
-                g = await run_load(
-                    through, stream=stream, concurrency=concurrency, requests=args.requests
-                )
-                figures[(stream, concurrency)] = g
-                mode = "stream TTFC" if stream else "non-stream"
-                print(
-                    f"{mode:<11}{concurrency:>5} | {d.pct(0.5):>8.2f}ms {d.pct(0.99):>5.2f}ms "
-                    f"{d.rps:>7.0f} | {g.pct(0.5):>9.2f}ms {g.pct(0.99):>5.2f}ms {g.rps:>7.0f} | "
-                    f"{g.pct(0.5) - d.pct(0.5):>7.2f}ms {g.pct(0.99) - d.pct(0.99):>7.2f}ms"
-                )
-        print(f"(one run; machine: {os.cpu_count()} cores shared by client, gateway and upstream)")
-    finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(timeout=30)  # tracing on: the last spans are flushed on the way out
-    return figures
+def policy_of(args: argparse.Namespace, tree: Path) -> Path:
+    """``--policy``, else the policy that ``tree`` ships."""
+    return Path(args.policy) if args.policy else tree / "policies" / "default.yaml"
 
 
-def print_difference(
-    args: argparse.Namespace,
-    off: dict[tuple[bool, int], Result],
-    on: dict[tuple[bool, int], Result],
+def gateway_variants(
+    args: argparse.Namespace, redis_url: str, sink_url: str
+) -> list[tuple[str, dict[str, str]]]:
+    """(name, environment) of each gateway configuration measured."""
+    variants: list[tuple[str, dict[str, str]]] = [("gateway", {})]
+    if not args.no_sessions:
+        variants.append(("gateway+sessions", {"REDIS_URL": redis_url}))
+    if args.tracing:
+        tracing = {
+            "OTEL_SDK_DISABLED": "false",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": sink_url,
+            "OTEL_TRACES_SAMPLER": "always_on",
+        }
+        variants.append(("gateway+sessions+tracing", {"REDIS_URL": redis_url, **tracing}))
+    return variants
+
+
+def conversation_prefix(target: str, tag: str) -> str | None:
+    """Session ids of ``target``'s requests start with this (None: sends none), unique per
+    target, cell and round so every measurement starts fresh conversations."""
+    if "sessions" not in target:
+        return None
+    return "".join(c if c.isalnum() else "-" for c in f"{target}-{tag}")
+
+
+async def run_rounds(
+    args: argparse.Namespace, targets: list[tuple[str, str, int | None]], started: float
 ) -> None:
-    print("\n== tracing on minus tracing off (gateway figures)")
-    header = (
-        f"{'mode':<11}{'conc':>5} | {'p50 off':>8} {'p50 on':>8} {'delta':>7} | "
-        f"{'p99 off':>8} {'p99 on':>8} {'delta':>7} | {'rps off':>7} {'rps on':>7} {'change':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for (stream, concurrency), a in off.items():
-        b = on[(stream, concurrency)]
-        mode = "stream TTFC" if stream else "non-stream"
-        print(
-            f"{mode:<11}{concurrency:>5} | {a.pct(0.5):>6.2f}ms {b.pct(0.5):>6.2f}ms "
-            f"{b.pct(0.5) - a.pct(0.5):>+5.2f}ms | {a.pct(0.99):>6.2f}ms {b.pct(0.99):>6.2f}ms "
-            f"{b.pct(0.99) - a.pct(0.99):>+5.2f}ms | {a.rps:>7.0f} {b.rps:>7.0f} "
-            f"{(b.rps / a.rps - 1) * 100:>+6.1f}%"
-        )
+    cells = [Cell(stream, c) for stream in (False, True) for c in args.concurrency]
+    for _name, url, _pid in targets:  # every path answers what the upstream said, before timing
+        for cell in cells:
+            await verify(url, cell)
+    for cell in cells:  # warm up connections, caches, the classifier
+        for name, url, pid in targets:
+            prefix = conversation_prefix(name, f"warm-{cell.label}")
+            await measure(url, cell, pid, requests=args.warmup, session_prefix=prefix)
+    print(f"warm-up done; {args.rounds} rounds of {args.requests} requests per measurement")
+    profilers = start_profilers(args.profile, targets) if args.profile else []
+    try:
+        samples, rounds_done = await measure_rounds(args, targets, cells, started)
+    finally:
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on the way out
+        for profiler in profilers:
+            profiler.wait(timeout=60)
+    print(f"machine after: {describe_machine()}")
+    print_report(cells, [name for name, _, _ in targets], samples, rounds_done, args.requests)
+
+
+async def measure_rounds(
+    args: argparse.Namespace,
+    targets: list[tuple[str, str, int | None]],
+    cells: list[Cell],
+    started: float,
+) -> tuple[dict[tuple[Cell, str], list[Sample]], int]:
+    samples: dict[tuple[Cell, str], list[Sample]] = {}
+    deadline = started + args.max_seconds
+    rounds_done = 0
+    for round_no in range(args.rounds):
+        order = targets if round_no % 2 == 0 else targets[::-1]
+        for cell in cells:
+            for name, url, pid in order:
+                prefix = conversation_prefix(name, f"r{round_no}-{cell.label}")
+                sample = await measure(
+                    url, cell, pid, requests=args.requests, session_prefix=prefix
+                )
+                samples.setdefault((cell, name), []).append(sample)
+        rounds_done += 1
+        print(f"round {rounds_done} done at {time.monotonic() - started:.0f} s", flush=True)
+        if time.monotonic() > deadline:
+            print(f"--max-seconds {args.max_seconds} passed: stopping after {rounds_done} rounds")
+            break
+    return samples, rounds_done
+
+
+def start_profilers(
+    directory: str, targets: list[tuple[str, str, int | None]]
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every gateway over the measured rounds, collapsed stacks to
+    ``directory/<target>.txt`` (it pauses the process to sample: figures of a profiled run
+    are not for comparison)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for name, _url, pid in targets:
+        if name.startswith("gateway") and pid is not None:
+            argv = [
+                PY_SPY,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--gil",
+            ]
+            argv += ["--output", str(out / f"{name}.txt")]
+            profilers.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+    print(f"profiling {len(profilers)} gateways with py-spy into {out}")
+    return profilers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument(
+        "--requests", type=int, default=1000, help="requests per target, cell and round"
+    )
+    parser.add_argument("--warmup", type=int, default=200, help="requests per target and cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--classifier", default="heuristic", choices=["heuristic", "learned"])
-    parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for the gateway")
     parser.add_argument(
-        "--plain-non-stream",
-        action="store_true",
-        help="policy fallback.stream_internally: false (non-streaming requests are relayed as "
-        "one JSON answer instead of being fetched as streams and assembled)",
-    )
+        "--policy",
+        help="policy file (default: the tree's shipped policies/default.yaml); its nodes are "
+        "replaced by the upstream",
+    )  # fmt: skip
     parser.add_argument(
-        "--tracing",
-        action="store_true",
-        help="measure the gateway with tracing off, then on (OTLP/HTTP to a local sink)",
+        "--baseline-tree",
+        metavar="DIR",
+        help="also run each gateway configuration from this checkout (e.g. a git worktree "
+        "of an older commit), marked [base], in the same rounds",
     )
-    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-otlp-sink", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--no-sessions", action="store_true", help="skip the sessions-on row")
+    parser.add_argument(
+        "--tracing", action="store_true",
+        help="add the gateway with sessions and tracing on (OTLP/HTTP to a local sink)",
+    )  # fmt: skip
+    parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for the gateways")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="record each gateway with py-spy (collapsed stacks)"
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+    parser.add_argument("--max-seconds", type=float, default=900, help="stop after this round")
     args = parser.parse_args()
-    if args.serve_upstream:
-        serve_upstream(args.serve_upstream)
-        return
-    if args.serve_otlp_sink:
-        serve_otlp_sink(args.serve_otlp_sink)
-        return
-    asyncio.run(main_async(args))
+    if args.policy:
+        args.policy = os.path.abspath(args.policy)  # the gateways run in the tree under test
+    if args.baseline_tree:
+        args.baseline_tree = os.path.abspath(args.baseline_tree)
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

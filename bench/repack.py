@@ -88,6 +88,7 @@ def compare(path: Path, args: argparse.Namespace, deadline: float) -> None:
                 n_batch=512,
                 n_threads=args.n_threads,
                 weight_repack=mode,
+                parallel=1,  # one sequence: the plain context the measurements were made on
             )
         )
         for mode in ("on", "off")

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import wait_ready  # bench/ is the script directory
 
 from gateway.metrics import GatewayMetrics
-from gateway.routing.policy import SessionsSpec
+from gateway.policy.model import SessionsSpec
 from gateway.sessions.keys import SessionRef
 from gateway.sessions.service import SessionService
 from gateway.sessions.spool import PendingAppend

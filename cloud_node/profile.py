@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar, get_args
 
-import yaml
-
 from cloud_node.errors import ProfileError
 from cloud_node.sources import PREPARED_PREFIX, SOURCES
+from hybrid_common.yaml_lines import YAMLSyntaxError, load_located
 
 __all__ = [
     "PROFILE_VERSION",
@@ -104,16 +103,11 @@ def load_profile(path: Path) -> Profile:
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: invalid YAML: {exc}") from exc
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                lines[str(key_node.value)] = key_node.start_mark.line + 1
-    return parse_profile(data, source=str(path), lines=lines)
+        doc = load_located(text)
+    except YAMLSyntaxError as exc:
+        at = f" at line {exc.line}" if exc.line is not None else ""
+        raise ProfileError(f"{path}: invalid YAML{at}: {exc}") from exc
+    return parse_profile(doc.data, source=str(path), lines=doc.lines)
 
 
 def parse_profile(data: object, *, source: str, lines: Mapping[str, int] | None = None) -> Profile:

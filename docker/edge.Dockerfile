@@ -38,6 +38,7 @@ COPY pyproject.toml ./
 COPY gateway ./gateway
 COPY edge_node ./edge_node
 COPY cloud_node ./cloud_node
+COPY hybrid_common ./hybrid_common
 # The README is the project's long description; an empty one lets the metadata build.
 RUN touch README.md && pip install .
 

@@ -4,10 +4,13 @@
 run on the event loop, so a single worker thread loads the model (the HTTP server
 already answers ``/health`` with 503 meanwhile), runs the start-up self-check (a few
 greedy tokens, :mod:`edge_node.self_check`; a failure is reported like a failed load,
-and the server process exits on it) and then runs one job at a time.
-Admission is decided on the event loop: at most ``1 + max_queue`` jobs are admitted
-at once, and the next one is refused at once with 503 ``overloaded`` so the gateway
-can fail over instead of waiting in an unbounded queue.
+and the server process exits on it) and then hands admitted jobs to its runner: with
+``--parallel N`` above 1 the continuous-batching runner (:mod:`edge_node.batching`, up to
+N requests decoded together), with ``--parallel 1`` the one-at-a-time runner
+(:mod:`edge_node.serial`). Admission is decided on the event loop: at most
+``parallel + max_queue`` jobs are admitted at once, and the next one is refused at once
+with 503 ``overloaded`` so the gateway can fail over instead of waiting in an unbounded
+queue.
 
 Events flow from the worker to the waiting handler through the job's asyncio queue
 (``call_soon_threadsafe``); cancellation flows back through a ``threading.Event``
@@ -24,39 +27,32 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
-from functools import partial
+from typing import Protocol
 
+from .batching import BatchOptions, BatchRunner
 from .errors import (
     ContextLengthExceeded,
-    EdgeError,
-    GenerationFailed,
     ModelLoading,
     Overloaded,
     Unavailable,
 )
-from .generation import Delta, Finished, GenerationParams, PromptEvaluated, Started, run_generation
+from .generation import Finished, GenerationParams, Started
+from .jobs import Event, Failed, Job, JobState
+from .memory import ModelMemory, model_memory
 from .metrics import CompletionStats, EdgeMetrics
 from .model import ChatModel, ModelLoader, load_model
-from .prompt_cache import PromptCache, PromptReuse
+from .prompt_cache import PromptCache
 from .schema import ChatRequest
 from .self_check import SELF_CHECK_TOKENS, SelfCheckFailed, run_self_check
+from .serial import SerialRunner
 from .settings import Settings
+
+__all__ = ["Engine", "EngineState", "Event", "Failed", "FailureHandler", "Job"]
 
 log = logging.getLogger(__name__)
 
 _JOIN_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Failed:
-    """The job ended with an error (before or during generation)."""
-
-    error: EdgeError
-
-
-Event = Started | PromptEvaluated | Delta | Finished | Failed
 
 
 class EngineState(StrEnum):
@@ -66,25 +62,20 @@ class EngineState(StrEnum):
     CLOSED = "closed"
 
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    CANCELLED = "cancelled"
+class Runner(Protocol):
+    """Serves jobs from the queue until its ``None`` sentinel (on the worker thread)."""
 
+    kind: str
 
-class Job:
-    """One admitted request; its events arrive on ``events`` in order, Finished/Failed last."""
+    @property
+    def running(self) -> int: ...
 
-    __slots__ = ("admitted_at", "cancelled", "events", "lock", "params", "state")
+    @property
+    def cache(self) -> PromptCache | None: ...
 
-    def __init__(self, params: GenerationParams) -> None:
-        self.params = params
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.cancelled = threading.Event()
-        self.lock = threading.Lock()  # guards state between the loop and the worker
-        self.state = JobState.QUEUED
-        self.admitted_at = time.perf_counter()
+    def kv_cells(self) -> tuple[int, int]: ...
+
+    def run(self, jobs: queue.SimpleQueue[Job | None]) -> None: ...
 
 
 FailureHandler = Callable[[str], None]
@@ -93,7 +84,7 @@ FailureHandler = Callable[[str], None]
 
 class Engine:
     """Loads the model on its worker thread, checks it can generate, then serves admitted
-    jobs one at a time."""
+    jobs with its runner (batched, or one at a time)."""
 
     def __init__(
         self,
@@ -111,11 +102,15 @@ class Engine:
         self.created = int(time.time())
         self.load_error: str | None = None
         self._model: ChatModel | None = None
+        self._runner: Runner | None = None
+        self._outbox: list[tuple[Job, Event]] = []  # worker side: events not yet delivered
+        self.memory: ModelMemory | None = None
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._admitted: set[Job] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         metrics.queue_capacity.set(settings.capacity)
+        metrics.sequences_capacity.set(settings.parallel)
 
     # -- event loop side ---------------------------------------------------------------
 
@@ -128,6 +123,30 @@ class Engine:
     @property
     def n_ctx(self) -> int | None:
         return self._model.n_ctx if self._model is not None else None
+
+    @property
+    def model_name(self) -> str:
+        return self._settings.served_model_name
+
+    @property
+    def kind(self) -> str:
+        return "batched" if self._settings.batching else "serial"
+
+    def status(self) -> dict[str, object]:
+        """Load, sequences and memory for ``/health`` (racy reads of counters: fine there)."""
+        runner, settings = self._runner, self._settings
+        running = runner.running if runner is not None else 0
+        status: dict[str, object] = {
+            "engine": self.kind,
+            "parallel": settings.parallel,
+            "running": running,
+            "queued": max(0, len(self._admitted) - running),
+            "capacity": settings.capacity,
+        }
+        if runner is not None and self.memory is not None:
+            used, cached = runner.kv_cells()
+            status["kv_cells"] = {"running": used, "cached": cached, "total": self.memory.kv_cells}
+        return status
 
     def require_ready(self) -> ChatModel:
         """The loaded model, or 503 while it loads (or when it failed to)."""
@@ -157,12 +176,13 @@ class Engine:
 
     def check_capacity(self) -> None:
         """Raise Overloaded (503) when every slot is taken; cheap, so call it early too."""
-        capacity = self._settings.capacity
+        settings = self._settings
+        capacity = settings.capacity
         if len(self._admitted) >= capacity:
             raise Overloaded(
-                f"The edge node is at capacity ({capacity} requests: 1 generating, "
-                f"{self._settings.max_queue} queued); retry later or use another node.",
-                retry_after_s=self._settings.retry_after_s,
+                f"The edge node is at capacity ({capacity} requests: {settings.parallel} "
+                f"generating, {settings.max_queue} queued); retry later or use another node.",
+                retry_after_s=settings.retry_after_s,
             )
 
     def submit(self, params: GenerationParams) -> Job:
@@ -215,7 +235,7 @@ class Engine:
         if self.state is EngineState.LOADING:
             self.state = EngineState.READY
             self._metrics.model_loaded.set(1)
-            log.info("model %s loaded (n_ctx=%d)", model.name, model.n_ctx)
+            log.info("model %s loaded (n_ctx=%d, %s engine)", model.name, model.n_ctx, self.kind)
 
     def _on_load_failed(self, error: str) -> None:
         self.load_error = error
@@ -242,14 +262,30 @@ class Engine:
         if not self._self_check(model):
             model.close()
             return
-        cache_bytes = self._settings.prompt_cache_bytes
-        reuse = PromptReuse(model.llm, PromptCache(cache_bytes) if cache_bytes > 0 else None)
-        self._call(self._on_loaded, model)
         try:
-            while (job := self._jobs.get()) is not None:
-                self._serve(model, reuse, job)
+            runner = self._runner = self._make_runner(model)
+            self.memory = model_memory(model.llm)
+            self._metrics.set_model_memory(model.name, self.memory)
+            self.kv_changed()
+            self._call(self._on_loaded, model)
+            runner.run(self._jobs)
         finally:
             model.close()
+
+    def _make_runner(self, model: ChatModel) -> Runner:
+        settings = self._settings
+        if not settings.batching:
+            return SerialRunner(model, self, settings.prompt_cache_bytes)
+        options = BatchOptions(
+            parallel=settings.parallel,
+            kv_cells=model.kv_cells,
+            n_batch=settings.n_batch,
+            prefill_chunk=settings.prefill_chunk,
+            prompt_cache_bytes=settings.prompt_cache_bytes,
+            shared_kv=settings.kv_unified,
+        )
+        metrics = self._metrics
+        return BatchRunner(model, self, options, metrics.decode_steps.inc, metrics.preemptions.inc)
 
     def _self_check(self, model: ChatModel) -> bool:
         """Generate a few tokens before going ready (see :mod:`edge_node.self_check`)."""
@@ -274,31 +310,50 @@ class Engine:
         )
         return True
 
-    def _serve(self, model: ChatModel, reuse: PromptReuse, job: Job) -> None:
+    # -- JobHost: what the runners call, on the worker thread -------------------------
+
+    def begin(self, job: Job) -> float | None:
         with job.lock:
             if job.state is not JobState.QUEUED:
-                return  # cancelled while waiting; its slot was released then
+                return None  # cancelled while waiting; its slot was released then
             job.state = JobState.RUNNING
-        emit = partial(self._call, job.events.put_nowait)
         queue_wait_s = time.perf_counter() - job.admitted_at
         self._metrics.queue_depth.dec()
-        emit(Started(queue_wait_s=queue_wait_s))
-        last: Finished | Failed
-        try:
-            last = run_generation(model, reuse, job.params, job.cancelled, emit)
+        self._metrics.sequences_running.inc()
+        self.emit(job, Started(queue_wait_s=queue_wait_s))
+        self.flush()
+        return queue_wait_s
+
+    def emit(self, job: Job, event: Event) -> None:
+        self._outbox.append((job, event))
+
+    def flush(self) -> None:
+        """Hand the events emitted since the last flush to the loop, in one wake-up."""
+        if self._outbox:
+            events, self._outbox = self._outbox, []
+            self._call(_deliver, events)
+
+    def finish(self, job: Job, last: Finished | Failed, queue_wait_s: float) -> None:
+        self.flush()  # the job's earlier events go first
+        if isinstance(last, Finished):
             self._record(last, queue_wait_s)
-        except Exception as exc:  # llama.cpp failed mid-request: a 5xx; the node lives on
-            log.exception("generation failed")
-            last = Failed(error=GenerationFailed(f"Generation failed: {type(exc).__name__}: {exc}"))
         with job.lock:
             job.state = JobState.DONE
-        if reuse.cache is not None:
-            self._metrics.cache_bytes.set(reuse.cache.size_bytes)
-            self._metrics.cache_entries.set(len(reuse.cache))
+        self._metrics.sequences_running.dec()
         # Release before the last event (loop callbacks run in order), so a client that
         # has its answer already sees the slot free and the metrics recorded.
         self._call(self._release, job)
-        emit(last)
+        self._call(job.events.put_nowait, last)
+
+    def kv_changed(self) -> None:
+        runner = self._runner
+        if runner is None:
+            return
+        self._metrics.set_kv_cells(*runner.kv_cells())
+        cache = runner.cache
+        if cache is not None:
+            self._metrics.cache_bytes.set(cache.size_bytes)
+            self._metrics.cache_entries.set(len(cache))
 
     def _record(self, finished: Finished, queue_wait_s: float) -> None:
         eval_s = finished.prompt_eval_s
@@ -312,3 +367,9 @@ class Engine:
                 decode_s=finished.decode_s,
             )
         )
+
+
+def _deliver(events: list[tuple[Job, Event]]) -> None:
+    """On the event loop: put a batch of events on their jobs' queues, in order."""
+    for job, event in events:
+        job.events.put_nowait(event)

@@ -13,41 +13,21 @@
     +-- GenerationFailed (500 generation_failed): llama.cpp failed mid-request
 
 Client input only ever produces the 4xx classes; a 5xx means the node itself is busy
-or broken, which is what the gateway's fail-over keys on.
+or broken, which is what the gateway's fail-over keys on. The root derives from
+:class:`hybrid_common.errors.OpenAIError`, the base the gateway's errors share.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from gateway.protocol import ErrorBody, error_body
+from hybrid_common.errors import ModelNotFoundError, OpenAIError, RequestError
 
 
-class EdgeError(Exception):
+class EdgeError(OpenAIError):
     """Root of the edge node's errors; renders as an OpenAI-style error body."""
 
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
-    type: ClassVar[str] = "server_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-    def body(self) -> ErrorBody:
-        """The JSON body sent to the client."""
-        return error_body(self.message, type=self.type, code=self.code, param=self.param)
-
-    def headers(self) -> dict[str, str]:
-        """Extra response headers (Retry-After for 503s)."""
-        return {}
-
-
-class InvalidRequest(EdgeError):
-    status = 400
-    code = "invalid_request"
-    type = "invalid_request_error"
+class InvalidRequest(EdgeError, RequestError):
+    """The request is malformed or asks what this node cannot do (a 400)."""
 
 
 class ContextLengthExceeded(InvalidRequest):
@@ -65,10 +45,8 @@ class ContextLengthExceeded(InvalidRequest):
         self.n_ctx = n_ctx
 
 
-class ModelNotFound(EdgeError):
-    status = 404
-    code = "model_not_found"
-    type = "invalid_request_error"
+class ModelNotFound(EdgeError, ModelNotFoundError):
+    """The request names a model this node does not serve."""
 
     def __init__(self, model: str, *, served: str) -> None:
         super().__init__(

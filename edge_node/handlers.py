@@ -16,6 +16,7 @@ from .engine import Engine, EngineState, Event, Failed, Job
 from .errors import EdgeError, PayloadTooLarge, Unavailable
 from .generation import Delta, Finished, PromptEvaluated, Started
 from .keys import ENGINE, METRICS, SETTINGS, TRACING
+from .memory import resident_memory
 from .responses import SSE_DONE, CompletionIdentity, EdgeModelCard, sse_event
 from .schema import check_model, parse_chat_request, parse_json
 from .tracing import JobTrace, end_request_span, job_trace, request_span
@@ -181,17 +182,38 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: 200 once the model serves, 503 (with Retry-After) before and after."""
+    """GET /health: 200 once the model serves, 503 (with Retry-After) before and after;
+    the body also says how busy the engine is and what the node holds in memory."""
     settings, engine = request.app[SETTINGS], request.app[ENGINE]
     ready = engine.state is EngineState.READY
     body: dict[str, object] = {
         "status": "ok" if ready else engine.state.value,
         "model": settings.served_model_name,
+        **engine.status(),
+        "memory": _memory(engine),
     }
     if engine.load_error is not None:
         body["error"] = engine.load_error
     headers = {} if ready else {"Retry-After": str(settings.retry_after_s)}
     return web.json_response(body, status=200 if ready else 503, headers=headers)
+
+
+def _memory(engine: Engine) -> dict[str, object]:
+    memory: dict[str, object] = {}
+    resident = resident_memory()
+    if resident is not None:
+        memory["resident_bytes"] = resident.current_bytes
+        memory["peak_resident_bytes"] = resident.peak_bytes
+    model = engine.memory
+    if model is not None and engine.n_ctx is not None:
+        memory["models"] = {
+            engine.model_name: {
+                "weights_bytes": model.weights_bytes,
+                "kv_cache_bytes": model.kv_cache_bytes,
+                "kv_bytes_per_cell": model.kv_bytes_per_cell,
+            }
+        }
+    return memory
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .memory import ModelMemory, resident_memory
+
 # A request counts as a prompt-cache hit when at least this share of its prompt came
 # from a saved KV state; the token counters below give the exact split.
 CACHE_HIT_MIN_FRACTION = 0.5
@@ -105,6 +107,64 @@ class EdgeMetrics:
         self.cache_entries = Gauge(
             "edge_prompt_cache_entries", "KV states held by the prompt cache.", registry=r
         )
+        self.sequences_running = Gauge(
+            "edge_sequences_running",
+            "Requests being decoded now (at most --parallel; 1 for the serial engine).",
+            registry=r,
+        )
+        self.sequences_capacity = Gauge(
+            "edge_sequences_capacity",
+            "Requests that may be decoded at once (--parallel).",
+            registry=r,
+        )
+        self.decode_steps = Counter(
+            "edge_decode_steps",
+            "llama_decode calls of the batching engine (one per step for all sequences).",
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "edge_preemptions",
+            "Sequences whose KV cells were freed because the shared pool (--kv-unified) ran "
+            "short; each is evaluated again later.",
+            registry=r,
+        )
+        self.kv_cells = Gauge(
+            "edge_kv_cells_used",
+            "KV cache cells holding tokens: 'running' for requests being decoded, 'cached' "
+            "for prefixes kept for reuse (freed first when cells run short).",
+            ["state"],
+            registry=r,
+        )
+        self.kv_cells_total = Gauge(
+            "edge_kv_cells_total", "KV cache cells of the model's context.", registry=r
+        )
+        self.model_memory = Gauge(
+            "edge_model_memory_bytes",
+            "Bytes of a loaded model: its weights and its context's KV cache.",
+            ["model", "part"],
+            registry=r,
+        )
+        self.resident_memory = Gauge(
+            "edge_resident_memory_bytes",
+            "Resident memory of the node process (VmRSS), read at scrape time.",
+            registry=r,
+        )
+        self.resident_memory_peak = Gauge(
+            "edge_resident_memory_peak_bytes",
+            "Peak resident memory of the node process (VmHWM), read at scrape time.",
+            registry=r,
+        )
+        self.resident_memory.set_function(lambda: _resident(peak=False))
+        self.resident_memory_peak.set_function(lambda: _resident(peak=True))
+
+    def set_kv_cells(self, running: int, cached: int) -> None:
+        self.kv_cells.labels(state="running").set(running)
+        self.kv_cells.labels(state="cached").set(cached)
+
+    def set_model_memory(self, model: str, memory: ModelMemory) -> None:
+        self.model_memory.labels(model=model, part="weights").set(memory.weights_bytes)
+        self.model_memory.labels(model=model, part="kv_cache").set(memory.kv_cache_bytes)
+        self.kv_cells_total.set(memory.kv_cells)
 
     def record_completion(self, stats: CompletionStats) -> None:
         """Record one generation (finished or cancelled) that got to run."""
@@ -127,3 +187,10 @@ class EdgeMetrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _resident(*, peak: bool) -> float:
+    memory = resident_memory()
+    if memory is None:
+        return float("nan")
+    return float(memory.peak_bytes if peak else memory.current_bytes)

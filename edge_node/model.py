@@ -16,6 +16,7 @@ import ctypes
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -37,12 +38,15 @@ _FALLBACK_TEMPLATE_NAME = "chatml"
 class ChatModel:
     """A llama.cpp model plus its chat template; owned by the engine worker thread."""
 
-    def __init__(self, llm: Any, *, name: str) -> None:
+    def __init__(self, llm: Any, *, name: str, n_ctx: int | None = None) -> None:
         from llama_cpp import llama_chat_format, llama_cpp
 
         self.llm = llm
         self.name = name
-        self.n_ctx: int = int(llm.n_ctx())
+        # The context window of one request. The batching engine's llama.cpp context is
+        # larger (its KV pool holds every sequence): then the window is given.
+        self.n_ctx: int = int(n_ctx) if n_ctx else int(llm.n_ctx())
+        self.kv_cells: int = int(llm.n_ctx())
         self.n_vocab: int = int(llm.n_vocab())
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._is_eog: Callable[[Any, int], bool] = llama_cpp.llama_vocab_is_eog
@@ -128,23 +132,77 @@ def _longest_token_bytes(vocab: Any, n_vocab: int) -> int:
 
 
 def load_model(settings: Settings) -> ChatModel:
-    """Load the GGUF named in settings; blocking (seconds), so call it off the event loop."""
-    from llama_cpp import Llama
+    """Load the GGUF named in settings; blocking (seconds), so call it off the event loop.
+
+    For the batching engine (``parallel > 1``) the context has ``parallel`` sequences and
+    ``kv_cells_for(window)`` KV cells, with flash attention. By default each sequence has
+    its own stream of ``kv_cells / parallel`` cells, which is also its context window;
+    with ``kv_unified`` the sequences share one pool, and flash attention's CPU kernel then
+    skips the other sequences' cells instead of computing and masking them.
+
+    Why streams by default: with a shared pool a sequence's cells sit among the others',
+    and llama.cpp's attention then adds the same terms in another order than in a lone
+    run, so a greedy answer can flip at a near-tie (seen with SmolLM2 on 2 of 4 prompts).
+    With one stream per sequence every answer is bit for bit the answer it gets alone
+    (tests/edge_node/test_batching.py checks it).
+    """
+    from llama_cpp import Llama, llama_cpp
 
     backend = load_cpu_backend()  # before the first Llama(): a dispatch build loads it here
     repack = decide_repack(settings.weight_repack, read_cpu_flags())
     log.info("cpu backend: %s; weight repacking %s", backend.describe(), repack.describe())
-    with _model_params(repack):
+    window: int | None = None
+    n_ctx = settings.n_ctx
+    if settings.batching:
+        window = settings.n_ctx or training_context(settings.model_path)
+        n_ctx = settings.kv_cells_for(window)
+        per_sequence = n_ctx if settings.kv_unified else n_ctx // settings.parallel
+        if per_sequence < window:
+            log.warning(
+                "the context window is cut to %d tokens: the KV cells (--kv-cells %d) give "
+                "each of the %d sequences no more",
+                per_sequence,
+                n_ctx,
+                settings.parallel,
+            )
+            window = per_sequence
+        log.info(
+            "continuous batching: %d sequences, %d KV cells (%s), window %d tokens",
+            settings.parallel,
+            n_ctx,
+            "one shared pool" if settings.kv_unified else "one stream per sequence",
+            window,
+        )
+    sequences = (settings.parallel, settings.kv_unified) if settings.batching else None
+    with _model_params(repack, sequences):
         llm = Llama(
             model_path=str(settings.model_path),
-            n_ctx=settings.n_ctx,
+            n_ctx=n_ctx,
             n_batch=settings.n_batch,
             n_threads=settings.n_threads,
             n_threads_batch=settings.n_threads,
             n_gpu_layers=settings.n_gpu_layers,
+            flash_attn=settings.batching,
             verbose=settings.log_level == "DEBUG",
         )
-    return ChatModel(llm, name=settings.served_model_name)
+    if window is not None:  # llama.cpp may round the cells: a sequence gets no more
+        window = min(window, int(llama_cpp.llama_n_ctx_seq(llm.ctx)))
+    return ChatModel(llm, name=settings.served_model_name, n_ctx=window)
+
+
+def training_context(path: Path) -> int:
+    """The model's training context length, read without loading its weights."""
+    from llama_cpp import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise ValueError(f"llama.cpp could not read {path}")
+    try:
+        return int(llama_cpp.llama_model_n_ctx_train(model))
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 # Serialises the patch below: nodes started side by side in one process (tests) load
@@ -153,29 +211,40 @@ _PARAMS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _model_params(repack: RepackDecision) -> Iterator[None]:
-    """Make ``Llama()`` load with ``use_extra_bufts`` as decided.
+def _model_params(repack: RepackDecision, sequences: tuple[int, bool] | None) -> Iterator[None]:
+    """Make ``Llama()`` load with ``use_extra_bufts`` as decided and, for the batching
+    engine, a context of ``sequences = (n, unified)`` sequences.
 
-    llama-cpp-python (0.3.x) has no argument for it: ``Llama.__init__`` starts from
-    ``llama_model_default_params()`` and sets only the fields it knows, then loads. So
-    for the duration of one construction that function returns defaults with the
-    decision applied; ``llm.model_params`` then shows what llama.cpp was given.
+    llama-cpp-python (0.3.x) has no arguments for these: ``Llama.__init__`` starts from
+    ``llama_model_default_params()`` and ``llama_context_default_params()`` and sets only
+    the fields it knows. So for the duration of one construction those functions return
+    defaults with these applied; ``llm.model_params`` and ``llm.context_params`` then
+    show what llama.cpp was given.
     """
     from llama_cpp import llama_cpp
 
-    original = llama_cpp.llama_model_default_params
+    model_defaults = llama_cpp.llama_model_default_params
+    context_defaults = llama_cpp.llama_context_default_params
 
     def with_decision() -> Any:
-        params = original()
+        params = model_defaults()
         params.use_extra_bufts = repack.enabled
+        return params
+
+    def with_sequences() -> Any:
+        params = context_defaults()
+        if sequences is not None:
+            params.n_seq_max, params.kv_unified = sequences
         return params
 
     with _PARAMS_LOCK:
         llama_cpp.llama_model_default_params = with_decision
+        llama_cpp.llama_context_default_params = with_sequences
         try:
             yield
         finally:
-            llama_cpp.llama_model_default_params = original
+            llama_cpp.llama_model_default_params = model_defaults
+            llama_cpp.llama_context_default_params = context_defaults
 
 
 ModelLoader = Callable[[Settings], ChatModel]

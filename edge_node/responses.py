@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-from gateway.protocol import ChatCompletion, ChatCompletionChunk, ChunkDelta, ModelCard, Usage
+from hybrid_common.protocol import ChatCompletion, ChatCompletionChunk, ChunkDelta, ModelCard, Usage
 
 from .generation import Finished
 
@@ -66,7 +66,14 @@ class CompletionIdentity:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    # refusal and logprobs are required (nullable) by OpenAI's schema.
+                    "message": {
+                        "role": "assistant",
+                        "content": text,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
                     "finish_reason": finished.finish_reason,
                 }
             ],

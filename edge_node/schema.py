@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.protocol import ROLES
+from hybrid_common.messages import checked_messages
 
 from .errors import InvalidRequest, ModelNotFound
 
@@ -145,20 +145,8 @@ def _reject_unimplemented(body: Mapping[str, object]) -> None:
 
 
 def _messages(value: object) -> tuple[PromptMessage, ...]:
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest(
-            "messages must be a non-empty array of message objects.", param="messages"
-        )
     out: list[PromptMessage] = []
-    for index, message in enumerate(value):
-        param = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"{param} must be an object.", param=param)
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(
-                f"{param}.role must be one of {', '.join(sorted(ROLES))}.", param=f"{param}.role"
-            )
+    for param, message, role in checked_messages(value, _invalid):
         # The template knows "system"; OpenAI's newer "developer" role means the same.
         out.append(
             PromptMessage(
@@ -166,6 +154,10 @@ def _messages(value: object) -> tuple[PromptMessage, ...]:
             )
         )
     return tuple(out)
+
+
+def _invalid(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
 
 
 def _text(message: Mapping[str, object], param: str) -> str:

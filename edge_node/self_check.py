@@ -48,6 +48,11 @@ def run_self_check(model: ChatModel, max_tokens: int = SELF_CHECK_TOKENS) -> Sel
     llm = model.llm
     try:
         prompt = model.prompt_tokens(_PROMPT)
+        if len(prompt) + max_tokens > model.n_ctx:
+            raise SelfCheckFailed(
+                f"the context window of {model.n_ctx} tokens cannot hold the check's "
+                f"{len(prompt)}-token prompt and {max_tokens} tokens: raise --n-ctx"
+            )
         llm.reset()
         llm.eval(prompt)
         generated: list[int] = []

@@ -34,6 +34,15 @@ class Settings:
     n_gpu_layers: int = 0
     n_batch: int = 512
     max_queue: int = 8
+    parallel: int = 4
+    """Sequences decoded together in one llama.cpp context; 1 = the one-at-a-time engine."""
+    kv_cells: int | None = None
+    """KV cells of the batching engine's context; None = ``default_kv_cells``."""
+    kv_unified: bool = False
+    """One KV pool shared by all sequences (less memory; answers may differ from a lone
+    run's) instead of one stream of ``kv_cells / parallel`` cells per sequence."""
+    prefill_chunk: int = 128
+    """Prompt tokens a decoding step takes while other sequences are decoding."""
     prompt_cache_bytes: int = 256 * 1024 * 1024
     retry_after_s: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
@@ -58,6 +67,20 @@ class Settings:
             raise ValueError(f"n_batch must be >= 1, got {self.n_batch}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {self.parallel}")
+        if self.parallel > self.n_batch:
+            raise ValueError(
+                f"parallel ({self.parallel}) must not exceed n_batch ({self.n_batch}): a "
+                "decoding step holds one token of every sequence"
+            )
+        if self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+        if self.kv_cells is not None and self.kv_cells < max(self.n_ctx, 1):
+            raise ValueError(
+                f"kv_cells must hold at least one whole context window ({self.n_ctx} "
+                f"tokens), got {self.kv_cells}"
+            )
         if self.prompt_cache_bytes < 0:
             raise ValueError(f"prompt_cache_bytes must be >= 0, got {self.prompt_cache_bytes}")
         if self.retry_after_s < 0:
@@ -74,9 +97,34 @@ class Settings:
         return frozenset({self.served_model_name, TIER_MODEL_NAME})
 
     @property
+    def batching(self) -> bool:
+        """True for the continuous-batching engine, False for one request at a time."""
+        return self.parallel > 1
+
+    @property
     def capacity(self) -> int:
-        """Requests admitted at once: the one generating plus the waiting queue."""
-        return 1 + self.max_queue
+        """Requests admitted at once: the ones generating plus the waiting queue."""
+        return self.parallel + self.max_queue
+
+    def kv_cells_for(self, window: int) -> int:
+        """The KV pool of the batching engine for a context window of ``window`` tokens."""
+        if self.kv_cells is not None:
+            return self.kv_cells
+        return default_kv_cells(window, self.parallel, unified=self.kv_unified)
+
+
+def default_kv_cells(window: int, parallel: int, *, unified: bool = False) -> int:
+    """One whole window per sequence, or, for the shared pool, a quarter of a window per
+    sequence and never less than one whole window.
+
+    In the shared pool cells are taken as sequences grow, not reserved up front, so it
+    only has to cover what the running sequences hold together; when they outgrow it,
+    cached prefixes go first, then the youngest sequence is preempted
+    (``edge_node.batching``).
+    """
+    if not unified:
+        return parallel * window
+    return max(window, parallel * window // 4)
 
 
 def default_model_path() -> Path | None:
@@ -100,6 +148,15 @@ def _int_or_none(value: str) -> int | None:
     return None if value.strip().lower() in {"", "auto", "none"} else int(value)
 
 
+def _bool(value: str) -> bool:
+    text = value.strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def _repack_mode(value: str) -> str:
     mode = value.strip().lower()
     if mode not in REPACK_MODES:
@@ -118,7 +175,32 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
     ("--n-threads", "N_THREADS", _int_or_none, "CPU threads for generation (default: llama.cpp's)"),
     ("--n-gpu-layers", "N_GPU_LAYERS", int, "layers offloaded to the GPU; -1 = all, 0 = CPU only"),
     ("--n-batch", "N_BATCH", int, "prompt evaluation batch size in tokens"),
-    ("--max-queue", "MAX_QUEUE", int, "requests that may wait behind the running one"),
+    ("--max-queue", "MAX_QUEUE", int, "requests that may wait for a free sequence"),
+    (
+        "--parallel",
+        "PARALLEL",
+        int,
+        "sequences decoded together (continuous batching); 1 = one request at a time",
+    ),
+    (
+        "--kv-cells",
+        "KV_CELLS",
+        _int_or_none,
+        "KV cache cells of the batching engine (default: parallel * n-ctx; with "
+        "--kv-unified max(n-ctx, parallel * n-ctx / 4))",
+    ),
+    (
+        "--kv-unified",
+        "KV_UNIFIED",
+        _bool,
+        "true: one KV pool shared by the sequences (less memory; preempts when full)",
+    ),
+    (
+        "--prefill-chunk",
+        "PREFILL_CHUNK",
+        int,
+        "prompt tokens per decoding step while other sequences decode",
+    ),
     ("--prompt-cache-mb", "PROMPT_CACHE_MB", int, "RAM for saved KV states (0 = off)"),
     ("--retry-after", "RETRY_AFTER_S", int, "Retry-After seconds sent with 503 answers"),
     ("--log-level", "LOG_LEVEL", str, "logging level (DEBUG, INFO, WARNING, ...)"),

@@ -7,30 +7,26 @@ the worker thread itself (``Started.queue_wait_s``, ``PromptEvaluated.prompt_eva
 start and end times, anchored at the moment the job was submitted, so the event loop's
 own scheduling delay does not blur them and no span is held open across the queue.
 
-The edge node imports from the gateway only what carries no gateway state:
-``gateway.protocol`` and, for ``OTEL_TRACES_EXPORTER=console-tree``, the self-contained span
-printer ``gateway.telemetry.console_tree`` (imported only then). The ``OTEL_*`` parsing here
-mirrors ``gateway.telemetry``'s (same variables, same rules); one shared package for both is
-due (issue 13).
+The ``OTEL_*`` variables are read, and the provider built, by :mod:`hybrid_common.otel`,
+as the gateway's are (same variables, same rules, ``console-tree`` included); the edge
+node imports nothing from the gateway.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
-from urllib.parse import unquote
 
 from opentelemetry import trace
-from opentelemetry.propagators.textmap import DefaultGetter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
+
+from hybrid_common import otel
+from hybrid_common.otel import TracerHandle, TracingConfig, build_provider, server_span
 
 if TYPE_CHECKING:
     # Imported for real inside JobTrace.observe: settings imports this module, and the
@@ -39,151 +35,21 @@ if TYPE_CHECKING:
     from .generation import Finished
 
 SERVICE_NAME: Final = "edge-node"
-DEFAULT_OTLP_ENDPOINT: Final = "http://localhost:4318"
+"""``service.name`` when neither ``OTEL_SERVICE_NAME`` nor the resource attributes set one."""
 PROVIDER_NAME: Final = "llama.cpp"
 
-Exporter = Literal["otlp", "console", "console-tree"]
-_SAMPLERS: Final = frozenset(
-    {
-        "always_on",
-        "always_off",
-        "traceidratio",
-        "parentbased_always_on",
-        "parentbased_always_off",
-        "parentbased_traceidratio",
-    }
-)
-_PROPAGATOR = TraceContextTextMapPropagator()
-_GETTER = DefaultGetter()
 _NO_SPAN: contextlib.nullcontext[Span] = contextlib.nullcontext(trace.INVALID_SPAN)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TracingConfig:
-    """What the ``OTEL_*`` variables ask for; no exporter means tracing is off."""
-
-    exporters: frozenset[Exporter] = frozenset()
-    service_name: str = SERVICE_NAME
-    resource_attributes: tuple[tuple[str, str], ...] = ()
-    otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT + "/v1/traces"
-    sampler: str = "parentbased_always_on"
-    sampler_ratio: float = 1.0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.exporters)
 
 
 def tracing_config_from_env(env: Mapping[str, str]) -> TracingConfig:
     """Parse ``OTEL_*`` (called by :func:`edge_node.settings.parse_settings`); ValueError
     names the variable at fault."""
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return TracingConfig()
-    traces_endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    base_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    raw = env.get("OTEL_TRACES_EXPORTER")
-    if raw is None or not raw.strip():
-        names = ["otlp"] if traces_endpoint or base_endpoint else []
-    else:
-        names = [n.strip().lower() for n in raw.split(",") if n.strip()]
-    exporters: set[Exporter] = set()
-    for name in names:
-        if name == "otlp":
-            exporters.add("otlp")
-        elif name == "console":
-            exporters.add("console")
-        elif name == "console-tree":
-            exporters.add("console-tree")  # the gateway's one-line-per-span tree printer
-        elif name != "none":
-            raise ValueError(
-                f"OTEL_TRACES_EXPORTER: {name!r} is not supported "
-                "(use otlp, console, console-tree or none)"
-            )
-    if "none" in names and exporters:
-        raise ValueError("OTEL_TRACES_EXPORTER: 'none' cannot be combined with other exporters")
-    if traces_endpoint:
-        endpoint, variable = traces_endpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    else:
-        endpoint = (base_endpoint or DEFAULT_OTLP_ENDPOINT).rstrip("/") + "/v1/traces"
-        variable = "OTEL_EXPORTER_OTLP_ENDPOINT"
-    if not endpoint.startswith(("http://", "https://")):
-        raise ValueError(f"{variable}: {endpoint!r} must start with http:// or https://")
-    protocol_variable = (
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-        if env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        else "OTEL_EXPORTER_OTLP_PROTOCOL"
-    )
-    protocol = env.get(protocol_variable, "http/protobuf").strip() or "http/protobuf"
-    if "otlp" in exporters and protocol != "http/protobuf":
-        raise ValueError(f"{protocol_variable}: {protocol!r} is not supported; use http/protobuf")
-    sampler = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
-    if sampler not in _SAMPLERS:
-        raise ValueError(f"OTEL_TRACES_SAMPLER: {sampler!r} is not supported")
-    ratio = 1.0
-    ratio_text = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
-    if ratio_text and sampler.endswith("traceidratio"):
-        try:
-            ratio = float(ratio_text)
-        except ValueError:
-            raise ValueError(
-                f"OTEL_TRACES_SAMPLER_ARG: {ratio_text!r} must be a number in [0, 1]"
-            ) from None
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG: {ratio} must be in [0, 1]")
-    attributes: list[tuple[str, str]] = []
-    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"OTEL_RESOURCE_ATTRIBUTES: {item!r} must be key=value")
-        attributes.append((key.strip(), unquote(value.strip())))
-    service = (
-        env.get("OTEL_SERVICE_NAME", "").strip()
-        or dict(attributes).get("service.name")
-        or SERVICE_NAME
-    )
-    return TracingConfig(
-        exporters=frozenset(exporters),
-        service_name=service,
-        resource_attributes=tuple(attributes),
-        otlp_endpoint=endpoint,
-        sampler=sampler,
-        sampler_ratio=ratio,
-    )
-
-
-def _sampler(config: TracingConfig) -> sampling.Sampler:
-    ratio = config.sampler_ratio
-    root: sampling.Sampler
-    if config.sampler.endswith("always_off"):
-        root = sampling.ALWAYS_OFF
-    elif config.sampler.endswith("traceidratio"):
-        root = sampling.TraceIdRatioBased(ratio)
-    else:
-        root = sampling.ALWAYS_ON
-    return sampling.ParentBased(root) if config.sampler.startswith("parentbased_") else root
+    return otel.tracing_config_from_env(env, default_service_name=SERVICE_NAME)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EdgeTracing:
+class EdgeTracing(TracerHandle):
     """The node's tracer and, when tracing is on, the provider to flush at shutdown."""
-
-    tracer: trace.Tracer
-    provider: TracerProvider | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.provider is not None
-
-    def shutdown(self) -> None:
-        """Export what is buffered (blocking: run it in a thread)."""
-        if self.provider is not None:
-            self.provider.shutdown()
-
-    def force_flush(self) -> None:
-        if self.provider is not None:
-            self.provider.force_flush()
 
 
 def disabled_tracing() -> EdgeTracing:
@@ -194,27 +60,7 @@ def build_tracing(config: TracingConfig, *, processor: SpanProcessor | None = No
     """A tracer exporting as ``config`` says; ``processor`` replaces the exporters (tests)."""
     if not config.enabled and processor is None:
         return disabled_tracing()
-    resource = Resource.create(
-        {**dict(config.resource_attributes), "service.name": config.service_name}
-    )
-    provider = TracerProvider(resource=resource, sampler=_sampler(config))
-    if processor is not None:
-        provider.add_span_processor(processor)
-    else:
-        if "otlp" in config.exporters:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=config.otlp_endpoint))
-            )
-        if "console" in config.exporters:
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        if "console-tree" in config.exporters:
-            from gateway.telemetry.console_tree import TreeConsoleSpanExporter
-
-            provider.add_span_processor(
-                BatchSpanProcessor(TreeConsoleSpanExporter(), schedule_delay_millis=500)
-            )
+    provider = build_provider(config, processor=processor)
     return EdgeTracing(tracer=provider.get_tracer("edge_node"), provider=provider)
 
 
@@ -225,11 +71,6 @@ def request_span(
     when tracing is off. Exceptions are not recorded: their text may quote the prompt."""
     if tracing.provider is None:
         return _NO_SPAN
-    return _server_span(tracing, headers, model)
-
-
-@contextlib.contextmanager
-def _server_span(tracing: EdgeTracing, headers: Mapping[str, str], model: str) -> Iterator[Span]:
     attributes: dict[str, AttributeValue] = {
         "http.request.method": "POST",
         "http.route": "/v1/chat/completions",
@@ -237,15 +78,9 @@ def _server_span(tracing: EdgeTracing, headers: Mapping[str, str], model: str) -
         "gen_ai.provider.name": PROVIDER_NAME,
         "gen_ai.response.model": model,
     }
-    with tracing.tracer.start_as_current_span(
-        "POST /v1/chat/completions",
-        context=_PROPAGATOR.extract(headers, getter=_GETTER),
-        kind=SpanKind.SERVER,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        yield span
+    return server_span(
+        tracing.tracer, "POST /v1/chat/completions", headers=headers, attributes=attributes
+    )
 
 
 def end_request_span(span: Span, *, status: int | None, outcome: str) -> None:

@@ -1,7 +1,7 @@
 """Hybrid edge-cloud LLM routing gateway.
 
-Imports are lazy: the nodes import ``gateway.protocol`` alone and must not pay for (or
-break with) the gateway's server stack.
+Imports are lazy: importing a submodule (``gateway.policy.model``, ``gateway.errors``)
+must not pay for the gateway's server stack.
 """
 
 from __future__ import annotations

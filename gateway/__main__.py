@@ -1,4 +1,4 @@
-"""Command line: ``python -m gateway {serve,classify,check-policy} ...``."""
+"""Command line: ``python -m gateway {serve,classify,train,check-policy,shadow} ...``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 COMMANDS = {
     "serve": "gateway.cli.serve",
     "classify": "gateway.cli.classify",
+    "train": "gateway.cli.train",
     "check-policy": "gateway.cli.check_policy",
+    "shadow": "gateway.cli.shadow",
 }
 
 USAGE = """usage: python -m gateway COMMAND [options]
@@ -17,7 +19,9 @@ USAGE = """usage: python -m gateway COMMAND [options]
 commands:
   serve          run the gateway (GATEWAY_* environment variables, see README)
   classify       dry-run routing decisions for JSONL requests on stdin
+  train          fit the routing classifier on labelled JSONL traffic
   check-policy   validate policy YAML files
+  shadow export  write shadowed requests and both answers as JSONL to label
 """
 
 

@@ -14,14 +14,26 @@ from aiohttp import web
 from gateway.http.middlewares import api_key_auth, observe_requests, request_id_and_errors
 from gateway.http.routes import add_routes
 from gateway.metrics import GatewayMetrics
-from gateway.routing.policy import HealthSpec
+from gateway.policy.model import HealthSpec
 from gateway.routing.state import PolicyHolder, RoutingState, load_routing_state
-from gateway.routing.tokens import encoding
 from gateway.sessions.service import SessionService
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
-from gateway.state import STATE, TRACING, GatewayState
+from gateway.shadow.metrics import ShadowMetrics
+from gateway.shadow.service import Shadowing
+from gateway.state import (
+    FORWARDER,
+    METRICS,
+    POLICIES,
+    POOL,
+    SESSIONS,
+    SETTINGS,
+    SHADOW,
+    TRACING,
+    UPSTREAM_HTTP,
+)
 from gateway.telemetry import Tracing, build_tracing
+from gateway.tokens import encoding
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.health import run_health_checks
 from gateway.upstream.load import run_load_polling
@@ -46,9 +58,11 @@ async def create_app(
     )
     await asyncio.to_thread(encoding)  # tokenizer load (~0.3 s) off the request path
     app = web.Application(middlewares=[observe_requests, request_id_and_errors, api_key_auth])
+    app[SETTINGS] = settings
     app.cleanup_ctx.append(_tracing(settings, tracing))  # first in, so flushed last
-    app.cleanup_ctx.append(_gateway_state(settings, initial))
+    app.cleanup_ctx.append(_upstreams(settings, initial))
     app.cleanup_ctx.append(_sessions)
+    app.cleanup_ctx.append(_shadowing)  # closed before the connections it uses
     app.cleanup_ctx.append(_policy_reloads)
     if health_checks:
         app.cleanup_ctx.append(_health_checks)
@@ -70,16 +84,20 @@ def _tracing(settings: Settings, injected: Tracing | None):  # type: ignore[no-u
     return context
 
 
-def _gateway_state(settings: Settings, initial: RoutingState):  # type: ignore[no-untyped-def]
+def _upstreams(settings: Settings, initial: RoutingState):  # type: ignore[no-untyped-def]
+    """The policy, the node pool, the metrics and the connections to the nodes."""
+
     async def context(app: web.Application) -> AsyncIterator[None]:
         metrics = GatewayMetrics()
-        tracing = app[TRACING]
         pool = NodePool(initial.policy)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, keepalive_timeout=30),
             auto_decompress=False,
         )
-        policies = PolicyHolder(
+        app[METRICS] = metrics
+        app[POOL] = pool
+        app[UPSTREAM_HTTP] = session
+        app[POLICIES] = PolicyHolder(
             settings.policy_path,
             initial,
             overrides=settings.node_overrides(),
@@ -88,15 +106,7 @@ def _gateway_state(settings: Settings, initial: RoutingState):  # type: ignore[n
                 "success" if ok else "failure"
             ).inc(),
         )
-        app[STATE] = GatewayState(
-            settings=settings,
-            policies=policies,
-            pool=pool,
-            metrics=metrics,
-            forwarder=Forwarder(pool, session, metrics, tracing=tracing),
-            session=session,
-            tracing=tracing,
-        )
+        app[FORWARDER] = Forwarder(pool, session, metrics, tracing=app[TRACING])
         yield
         await session.close()
 
@@ -111,22 +121,37 @@ def _adopt(pool: NodePool, metrics: GatewayMetrics, state: RoutingState) -> None
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
     """Session history in Redis and the spool replayer; without REDIS_URL, sessions are off."""
-    state = app[STATE]
-    url = state.settings.redis_url
-    store = SessionStore.from_url(url, cluster=state.settings.redis_cluster) if url else None
+    settings, policies = app[SETTINGS], app[POLICIES]
+    url = settings.redis_url
+    store = SessionStore.from_url(url, cluster=settings.redis_cluster) if url else None
     service = SessionService(
         store=store,
-        spec=lambda: state.policies.current.policy.sessions,
-        metrics=state.metrics,
-        tracing=state.tracing,
+        spec=lambda: policies.current.policy.sessions,
+        metrics=app[METRICS],
+        tracing=app[TRACING],
     )
     await service.start()  # Redis down at start-up is not fatal: the replayer keeps trying
-    state.sessions = service
+    app[SESSIONS] = service
     replay = asyncio.create_task(service.run_replay())
     yield
     replay.cancel()
     await asyncio.gather(replay, return_exceptions=True)
     await service.aclose()
+
+
+async def _shadowing(app: web.Application) -> AsyncIterator[None]:
+    """Shadow calls and their store (docs/shadow.md); idle unless the policy opts in."""
+    settings = app[SETTINGS]
+    shadowing = Shadowing(
+        app[FORWARDER],
+        ShadowMetrics(app[METRICS].registry),
+        redis_url=settings.redis_url,
+        redis_cluster=settings.redis_cluster,
+    )
+    shadowing.start(app[POLICIES].current.policy)
+    app[SHADOW] = shadowing
+    yield
+    await shadowing.aclose()  # shadow calls under way are cancelled: they are samples
 
 
 async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
@@ -135,14 +160,14 @@ async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
     Both survive every reload failure themselves (``PolicyHolder``); a task that still ends
     with an exception is logged with its traceback, never a silently dead watcher.
     """
-    state = app[STATE]
-    watcher = asyncio.create_task(state.policies.watch(state.settings.policy_poll_s))
+    policies = app[POLICIES]
+    watcher = asyncio.create_task(policies.watch(app[SETTINGS].policy_poll_s))
     watcher.add_done_callback(_log_if_failed)
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[bool]] = set()
 
     def on_sighup() -> None:
-        task = asyncio.create_task(state.policies.reload())
+        task = asyncio.create_task(policies.reload())
         pending.add(task)
         task.add_done_callback(pending.discard)
         task.add_done_callback(_log_if_failed)
@@ -164,17 +189,17 @@ def _log_if_failed(task: asyncio.Task[object]) -> None:
 
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
+    policies, session, pool = app[POLICIES], app[UPSTREAM_HTTP], app[POOL]
 
     def health() -> HealthSpec:
-        return state.policies.current.policy.health
+        return policies.current.policy.health
 
     tasks = [
-        asyncio.create_task(run_health_checks(state.session, state.pool, health)),
+        asyncio.create_task(run_health_checks(session, pool, health)),
         asyncio.create_task(
             run_load_polling(
-                state.session,
-                state.pool,
+                session,
+                pool,
                 lambda: health().load_interval_s,
                 lambda: health().timeout_s,
             )

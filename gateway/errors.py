@@ -1,5 +1,8 @@
 """The gateway's error hierarchy; every error renders an OpenAI-style body.
 
+Its root derives from :class:`hybrid_common.errors.OpenAIError`, the base it shares with
+the edge node's errors.
+
 ::
 
     GatewayError (500 internal_error)
@@ -27,34 +30,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from gateway.protocol import ErrorBody, error_body
+from hybrid_common.errors import ModelNotFoundError, OpenAIError, RequestError
+from hybrid_common.protocol import ErrorBody
 
 FailureKind = Literal["connect_error", "timeout", "status_5xx", "overloaded", "protocol_error"]
 
 
-class GatewayError(Exception):
+class GatewayError(OpenAIError):
     """Base class: an HTTP status, a stable code and an OpenAI-style body."""
 
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
-    type: ClassVar[str] = "server_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-    def body(self) -> ErrorBody:
-        return error_body(self.message, type=self.type, code=self.code, param=self.param)
-
-    def headers(self) -> dict[str, str]:
-        return {}
-
-
-class ClientError(GatewayError):
-    status = 400
-    code = "invalid_request"
-    type = "invalid_request_error"
+class ClientError(GatewayError, RequestError):
+    """The client's request is at fault (a 4xx)."""
 
 
 class BodyTooLarge(ClientError):
@@ -86,9 +73,8 @@ class Unauthorized(ClientError):
     type = "authentication_error"
 
 
-class ModelNotFound(ClientError):
-    status = 404
-    code = "model_not_found"
+class ModelNotFound(ClientError, ModelNotFoundError):
+    """No node serves the model the request names."""
 
 
 class UpstreamClientError(ClientError):

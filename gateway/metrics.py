@@ -1,13 +1,53 @@
-"""Prometheus metrics of one gateway app, in a registry of its own (no global state)."""
+"""Prometheus metrics of one gateway app, in a registry of its own (no global state).
+
+The labelled families answer ``labels(...)`` for a label set they have seen from one dict
+look-up (about 0.1 us instead of 1.4 us: prometheus_client validates, converts and locks
+on every call, and a request makes about ten such calls).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+_M = TypeVar("_M")
+
+
+class _BoundChildren:
+    """``labels()`` with a fast path: the child already bound to these label values.
+
+    It reads prometheus_client's own table of children (``_metrics``, keyed by the tuple of
+    label values as strings), so :meth:`remove` and a new label set behave exactly as
+    before; anything else (keyword labels, values that are not strings, a first use, a
+    child, an unlabelled metric) takes prometheus_client's path, errors included. A dict
+    read needs no lock under the GIL.
+    """
+
+    __slots__ = ()
+
+    def labels(self: _M, *labelvalues: object, **labelkwargs: object) -> _M:
+        try:
+            child: _M = self._metrics[labelvalues]  # type: ignore[attr-defined]
+        except (AttributeError, KeyError, TypeError):
+            return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc, no-any-return]
+        return child
+
+
+class BoundCounter(_BoundChildren, Counter):
+    """A :class:`~prometheus_client.Counter` whose seen label sets are one look-up away."""
+
+
+class BoundGauge(_BoundChildren, Gauge):
+    """A :class:`~prometheus_client.Gauge` whose seen label sets are one look-up away."""
+
+
+class BoundHistogram(_BoundChildren, Histogram):
+    """A :class:`~prometheus_client.Histogram` whose seen label sets are one look-up away."""
 
 
 @dataclass(slots=True)
@@ -42,38 +82,38 @@ class GatewayMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter(
+        self.requests = BoundCounter(
             "gateway_requests",
             "Chat requests by the tier that answered and outcome",
             ("tier", "outcome"),
             registry=r,
         )
-        self.http_responses = Counter(
+        self.http_responses = BoundCounter(
             "gateway_http_responses",
             "Every HTTP response by route template (`unmatched` for unknown paths) and status "
             "code, rejected requests included (gateway_requests counts routed ones only)",
             ("route", "status"),
             registry=r,
         )
-        self.route_decisions = Counter(
+        self.route_decisions = BoundCounter(
             "gateway_route_decisions",
             "Routing decisions by chosen tier and reason kind",
             ("tier", "reason"),
             registry=r,
         )
-        self.attempts = Counter(
+        self.attempts = BoundCounter(
             "gateway_upstream_attempts",
             "Upstream attempts by node and result",
             ("tier", "node", "result"),
             registry=r,
         )
-        self.fallbacks = Counter(
+        self.fallbacks = BoundCounter(
             "gateway_fallbacks",
             "Moves to another node or tier after a failed attempt or a skipped node",
             ("from_tier", "to_tier", "reason"),
             registry=r,
         )
-        self.node_skips = Counter(
+        self.node_skips = BoundCounter(
             "gateway_node_skips",
             "Nodes passed over without an attempt (unhealthy, circuit_open, at_capacity), "
             "and tiers without nodes (node empty, no_nodes), when no node of the tier could "
@@ -81,107 +121,107 @@ class GatewayMetrics:
             ("tier", "node", "reason"),
             registry=r,
         )
-        self.continuations = Counter(
+        self.continuations = BoundCounter(
             "gateway_continuations",
             "Answers that broke mid-stream and were continued on another node, by form "
             "(prefill or prompt) and result (ok, or rejected when a node refused a prefill)",
             ("from_tier", "to_tier", "form", "result"),
             registry=r,
         )
-        self.policy_reloads = Counter(
+        self.policy_reloads = BoundCounter(
             "gateway_policy_reloads",
             "Policy reloads by result",
             ("result",),
             registry=r,
         )
-        self.policy_info = Gauge(
+        self.policy_info = BoundGauge(
             "gateway_policy_loaded_timestamp_seconds",
             "When the running policy was loaded",
             registry=r,
         )
-        self.node_up = Gauge(
+        self.node_up = BoundGauge(
             "gateway_node_up",
             "1 if the node's last health check passed",
             ("tier", "node"),
             registry=r,
         )
-        self.node_circuit = Gauge(
+        self.node_circuit = BoundGauge(
             "gateway_node_circuit_state",
             "0 closed, 1 half-open, 2 open",
             ("tier", "node"),
             registry=r,
         )
-        self.node_in_flight = Gauge(
+        self.node_in_flight = BoundGauge(
             "gateway_node_in_flight",
             "Requests in flight per node",
             ("tier", "node"),
             registry=r,
         )
-        self.tokens = Counter(
+        self.tokens = BoundCounter(
             "gateway_tokens",
             "Tokens by tier and direction (prompt or completion)",
             ("tier", "direction"),
             registry=r,
         )
-        self.first_token_s = Histogram(
+        self.first_token_s = BoundHistogram(
             "gateway_time_to_first_token_seconds",
             "Time to the first streamed chunk per tier",
             ("tier",),
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.duration_s = Histogram(
+        self.duration_s = BoundHistogram(
             "gateway_request_duration_seconds",
             "Whole request duration per tier",
             ("tier",),
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.session_store_s = Histogram(
+        self.session_store_s = BoundHistogram(
             "gateway_session_store_seconds",
             "Duration of successful session store calls (load, append)",
             ("op",),
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=r,
         )
-        self.session_store_errors = Counter(
+        self.session_store_errors = BoundCounter(
             "gateway_session_store_errors",
             "Session store calls that failed or missed their deadline, by operation",
             ("op",),
             registry=r,
         )
-        self.session_spooled_turns = Counter(
+        self.session_spooled_turns = BoundCounter(
             "gateway_session_spooled_turns",
             "Turns queued in the local spool instead of written to Redis",
             registry=r,
         )
-        self.session_replayed_turns = Counter(
+        self.session_replayed_turns = BoundCounter(
             "gateway_session_replayed_turns",
             "Spooled turns written to Redis by the replayer",
             registry=r,
         )
-        self.session_dropped_turns = Counter(
+        self.session_dropped_turns = BoundCounter(
             "gateway_session_spool_dropped_turns",
             "Turns given up: the oldest of a full spool, or turns Redis refused (WRONGTYPE)",
             registry=r,
         )
-        self.session_spool_turns = Gauge(
+        self.session_spool_turns = BoundGauge(
             "gateway_session_spool_turns",
             "Turns waiting in the local spool",
             registry=r,
         )
-        self.session_spool_poisoned = Counter(
+        self.session_spool_poisoned = BoundCounter(
             "gateway_session_spool_poisoned",
             "Spooled appends set aside because writing them failed unexpectedly (their turns "
             "are counted in gateway_session_spool_dropped_turns too)",
             registry=r,
         )
-        self.session_erased_appends = Counter(
+        self.session_erased_appends = BoundCounter(
             "gateway_session_erased_appends",
             "Appends refused because their session was deleted after the request loaded it",
             registry=r,
         )
-        self.session_context_dropped = Counter(
+        self.session_context_dropped = BoundCounter(
             "gateway_session_context_dropped_turns",
             "Oldest turns left out to fit a tier's context window, by the answering tier",
             ("tier",),

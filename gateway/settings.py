@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.logs import LOG_FORMATS, LogFormat
-from gateway.protocol import Tier
-from gateway.routing.policy import NodeSpec
+from gateway.policy.model import NodeSpec
 from gateway.telemetry import TracingConfig, tracing_config_from_env
+from hybrid_common.protocol import Tier
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 

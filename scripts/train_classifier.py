@@ -1,421 +1,191 @@
-"""Train the learned complexity classifier offline and write its weights file.
+"""Train the shipped default classifier under the evaluation protocol of docs/classifier.md.
 
     .venv/bin/python scripts/train_classifier.py \\
-        --data /work/shared/routing-dev/mmlu_dev.jsonl \\
-        --out gateway/routing/models/complexity-v1.json
+        --data ../shared/routing-dev/mmlu_dev.jsonl \\
+        --out gateway/routing/models/complexity-v2.json [--skip-nested]
 
-The target is the per-prompt gain of the cloud, ``cloud_correct - edge_correct`` (-1, 0 or
-+1): ranking prompts by its expected value is exactly what the APGR curve rewards, whereas
-P(edge wrong) ranks the prompts that neither tier gets right first (and scores below random
-here). The model is linear in the features of ``gateway.routing.features`` and has two parts,
-because the two kinds of variation in the data carry very different amounts of evidence:
+Only the development rows of the locked split (``bench/routing_protocol.py``) are read for
+fitting and selection; the locked test rows are never touched here (their scoring is
+``bench/routing_locked_test.py``). Steps:
 
-- *between domains*: 28 subjects, so 27 training points per fold. Only one feature is
-  fitted here (``log_words``, the prompt's length in words) by weighted least squares on the
-  domains' means: more features over-fit 27 points (tried: APGR falls to 0.55).
-- *within domains*: thousands of prompts. A ridge regression on domain-centred features and
-  domain-centred gains learns what makes a prompt harder than its neighbours, without
-  learning which subject is easy (which a new subject would not share).
+1. the development estimate, per kind of traffic, by nested cross-validation: for *unseen
+   subjects*, leave one development subject out (21 outer folds); for *new prompts, seen
+   subjects*, 5 outer folds by prompt hash. Inside every outer fold the candidate is chosen
+   by leave-one-subject-out CV (``gateway.routing.training.select``), so each figure
+   estimates the whole procedure, selection included; length and random in the same run;
+2. selection on the whole development set by the same rule, and the refit of the winner;
+3. the weights file, recording all of it (the selection table, the nested estimates).
 
-The sum of the two is one linear model: an intercept, a weight per dense feature and a
-weight per vocabulary word. Features that never vary in the training data (conversation
-depth, ``max_tokens``, system prompt: the dev set is single-turn) get fixed prior weights,
-recorded as such in the file. A monotone map from raw score to training percentile makes
-the shipped score a number in [0, 1] with a plain meaning: ``cloud_above: 0.7`` sends about
-30 % of traffic like the training prompts to the cloud.
-
-Cross-validation leaves one domain out at a time (28 folds): vocabulary, standardisation,
-both regressions and the percentile map are all refitted without the held-out domain, so
-the reported APGR comes from scores for subjects the model never saw. Everything is
-deterministic: no random state enters the fit; the random-router baseline uses seeds 0..49.
+Deterministic: no random state enters the fit; the random baseline uses seeds 0..49. About
+10 minutes on one busy core with the nested estimate, 30 s without.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import hashlib
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gateway.protocol import ChatMessage  # noqa: E402
-from gateway.routing.features import (  # noqa: E402
-    FEATURE_NAMES,
-    FEATURE_SET_VERSION,
-    extract_features,
-)
-from gateway.routing.tokens import count_tokens  # noqa: E402
+from bench.routing_protocol import KIND_TITLES, load_split  # noqa: E402
+from gateway.routing.training.data import read_examples  # noqa: E402
+from gateway.routing.training.dataset import Dataset, build_dataset, hash_bucket  # noqa: E402
+from gateway.routing.training.fit import LENGTH_ONLY  # noqa: E402
+from gateway.routing.training.metrics import Quality, quality, random_quality  # noqa: E402
+from gateway.routing.training.model import weights_document  # noqa: E402
+from gateway.routing.training.select import fit_selected, nested_scores  # noqa: E402
 
-Array = npt.NDArray[np.float64]
-
-MODEL_VERSION = "complexity-v1"
-FORMAT = "gateway.complexity-model/1"
-
-BETWEEN_FEATURE = "log_words"
-BETWEEN_RIDGE = 1.0
-DENSE_RIDGE = 1000.0
-VOCAB_RIDGE = 300.0
-VOCAB_MIN_PROMPTS = 15
-VOCAB_MIN_DOMAINS = 6
-VOCAB_MAX_WORDS = 1000
-CALIBRATION_KNOTS = 101
-RANDOM_SEEDS = 50
-
-PRIORS_IN_STD: dict[str, float] = {
-    # Not learnable from single-turn MMLU prompts: fixed by judgement, in units of the
-    # trained raw score's standard deviation, so their pull stays proportionate.
-    "user_turns": 0.5,  # per log(1 + earlier user turns): deep chats carry more context
-    "has_assistant": 0.0,
-    "max_tokens_octaves": 0.35,  # per doubling above 512: 4096 tokens asked = +1 std
-    "max_tokens_set": 0.0,
-    "log_chars_system": 0.0,  # long system prompts are usually boilerplate
-    "special_tokens": 0.0,
-}
+MODEL_VERSION = "complexity-v2"
+NEW_PROMPT_FOLDS = 5
+REFERENCE_CHECKS = 8
+FOLD_SALT = "gateway-routing-dev-folds-v1"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Dataset:
-    prompts: list[str]
-    domains: npt.NDArray[np.str_]
-    edge: Array
-    cloud: Array
-    dense: Array
-    words: list[frozenset[str]]
-
-    @property
-    def gain(self) -> Array:
-        return self.cloud - self.edge
+def _row(q: Quality) -> dict[str, float | None]:
+    return q.as_dict()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinearFit:
-    """A fitted model in the shape the runtime reads."""
-
-    intercept: float
-    low: Array
-    high: Array
-    mean: Array
-    std: Array
-    weights: Array
-    sources: list[str]
-    vocabulary: dict[str, float]
-    knots: Array
-
-    def raw(self, data: Dataset, rows: npt.NDArray[np.intp]) -> Array:
-        x = data.dense[rows]
-        x = np.where(np.isnan(x), self.mean, np.clip(x, self.low, self.high))
-        z = (x - self.mean) / self.std
-        out = self.intercept + z @ self.weights
-        for k, i in enumerate(rows):
-            # fsum, as at runtime: a set's order follows PYTHONHASHSEED, an exact sum doesn't.
-            out[k] += math.fsum(self.vocabulary.get(w, 0.0) for w in data.words[i])
-        return out
-
-    def score(self, data: Dataset, rows: npt.NDArray[np.intp]) -> Array:
-        return calibrate(self.raw(data, rows), self.knots)
-
-
-def load_dataset(path: Path) -> Dataset:
-    rows = [
-        json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()
-    ]
-    prompts = [str(r["prompt"]) for r in rows]
-    feats = [
-        extract_features([ChatMessage(role="user", content=p)], max_tokens=None) for p in prompts
-    ]
-    return Dataset(
-        prompts=prompts,
-        domains=np.array([str(r["domain"]) for r in rows]),
-        edge=np.array([bool(r["edge_correct"]) for r in rows], dtype=float),
-        cloud=np.array([bool(r["cloud_correct"]) for r in rows], dtype=float),
-        dense=np.array([f.values for f in feats], dtype=float),
-        words=[f.words for f in feats],
-    )
-
-
-def calibrate(raw: Array, knots: Array) -> Array:
-    """Raw score to training percentile in [0, 1]; the runtime does the same in pure Python."""
-    return np.asarray(np.interp(raw, knots, np.linspace(0.0, 1.0, len(knots))), dtype=float)
-
-
-def choose_vocabulary(data: Dataset, rows: npt.NDArray[np.intp]) -> list[str]:
-    """Words common in the training rows and spread over many of their domains.
-
-    The spread requirement keeps subject names (``plaintiff``, ``enzyme``) out: they only
-    say which training subject a prompt is from, which does not transfer to a new one.
-    """
-    prompts: collections.Counter[str] = collections.Counter()
-    domains: dict[str, set[str]] = collections.defaultdict(set)
-    for i in rows:
-        d = str(data.domains[i])
-        for w in data.words[i]:
-            prompts[w] += 1
-            domains[w].add(d)
-    chosen = [
-        w
-        for w, n in prompts.items()
-        if n >= VOCAB_MIN_PROMPTS and len(domains[w]) >= VOCAB_MIN_DOMAINS
-    ]
-    chosen.sort(key=lambda w: (-prompts[w], w))
-    return chosen[:VOCAB_MAX_WORDS]
-
-
-def _indicators(data: Dataset, rows: npt.NDArray[np.intp], vocab: list[str]) -> Array:
-    col = {w: j for j, w in enumerate(vocab)}
-    out = np.zeros((len(rows), len(vocab)))
-    for k, i in enumerate(rows):
-        for w in data.words[i]:
-            j = col.get(w)
-            if j is not None:
-                out[k, j] = 1.0
-    return out
-
-
-def _centre_by_group(a: Array, groups: npt.NDArray[np.str_]) -> Array:
-    out = a.copy()
-    for g in np.unique(groups):
-        m = groups == g
-        out[m] -= out[m].mean(axis=0)
-    return out
-
-
-def fit(data: Dataset, rows: npt.NDArray[np.intp]) -> LinearFit:
-    """Fit on ``rows`` only (the CV folds call this with the held-out domain removed)."""
-    groups = data.domains[rows]
-    gain = data.gain[rows]
-    x = data.dense[rows]
-    mean = np.nanmean(x, axis=0)
-    std = np.nanstd(x, axis=0)
-    trainable = std > 0
-    std = np.where(trainable, std, 1.0)
-    mean = np.where(trainable, mean, 0.0)
-    # Inputs are clipped into the training range: a pasted document with forty "A." lines
-    # must not extrapolate a linear weight forty times past anything the fit has seen.
-    # Prior features have no range to learn; their definitions are bounded instead.
-    low = np.where(trainable, np.nanmin(x, axis=0), -np.inf)
-    high = np.where(trainable, np.nanmax(x, axis=0), np.inf)
-    x = np.where(np.isnan(x), mean, x)  # not applicable: the mean, so it adds nothing
-    z = (x - mean) / std
-
-    # Between domains: domain-mean gain on the domain-mean of one standardised feature.
-    j_between = FEATURE_NAMES.index(BETWEEN_FEATURE)
-    names = sorted(set(groups.tolist()))
-    size = np.array([(groups == g).sum() for g in names], dtype=float)
-    zm = np.array([z[groups == g, j_between].mean() for g in names])
-    ym = np.array([gain[groups == g].mean() for g in names])
-    design = np.stack([zm, np.ones_like(zm)], axis=1)
-    reg = np.diag([BETWEEN_RIDGE, 0.0])
-    slope, offset = np.linalg.solve(
-        (design * size[:, None]).T @ design + reg, design.T @ (size * ym)
-    )
-
-    # Within domains: ridge on domain-centred dense features + word indicators.
-    vocab = choose_vocabulary(data, rows)
-    full = np.hstack([z[:, trainable], _indicators(data, rows, vocab)])
-    centred = _centre_by_group(full, groups)
-    target = _centre_by_group(gain[:, None], groups)[:, 0]
-    penalty = np.array([DENSE_RIDGE] * int(trainable.sum()) + [VOCAB_RIDGE] * len(vocab))
-    beta = np.linalg.solve(centred.T @ centred + np.diag(penalty), centred.T @ target)
-
-    weights = np.zeros(len(FEATURE_NAMES))
-    weights[trainable] = beta[: int(trainable.sum())]
-    weights[j_between] += slope
-    word_weights = beta[int(trainable.sum()) :]
-    intercept = float(offset - beta @ full.mean(axis=0))
-    sources = ["learned" if t else "prior" for t in trainable]
-
-    raw_train = intercept + z @ weights + full[:, int(trainable.sum()) :] @ word_weights
-    spread = float(raw_train.std()) or 1.0
-    for j, name in enumerate(FEATURE_NAMES):
-        if not trainable[j]:
-            weights[j] = PRIORS_IN_STD.get(name, 0.0) * spread
-    knots = np.quantile(raw_train, np.linspace(0.0, 1.0, CALIBRATION_KNOTS))
-    return LinearFit(
-        intercept=intercept,
-        low=low,
-        high=high,
-        mean=mean,
-        std=std,
-        weights=weights,
-        sources=sources,
-        vocabulary={w: float(v) for w, v in zip(vocab, word_weights, strict=True)},
-        knots=knots,
-    )
-
-
-def cross_validate(data: Dataset) -> Array:
-    """Out-of-fold scores: each domain scored by a model fitted without it."""
-    oof = np.zeros(len(data.prompts))
-    for d in sorted(set(data.domains.tolist())):
-        held = np.flatnonzero(data.domains == d)
-        train = np.flatnonzero(data.domains != d)
-        oof[held] = fit(data, train).score(data, held)
-    return oof
-
-
-def curve(score: Array, edge: Array, cloud: Array, steps: int = 10) -> tuple[Array, Array]:
-    """Accuracy vs share of cloud calls; the dev set README's code, ties in expectation."""
-    n = len(score)
-    order = np.argsort(-score, kind="stable")
-    cum = np.concatenate(([0.0], np.cumsum((cloud - edge)[order])))
-    s = score[order]
-    b = np.concatenate(([0], np.flatnonzero(s[1:] != s[:-1]) + 1, [n]))
-    gain = np.interp(np.arange(n + 1), b, cum[b])
-    xs = np.linspace(0.0, 1.0, steps + 1)
-    ys = (edge.sum() + gain[[round(float(x) * n) for x in xs]]) / n
-    return xs, ys
-
-
-def metrics(score: Array, edge: Array, cloud: Array) -> dict[str, float]:
-    """APGR, CPT(50%) and CPT(80%) exactly as the dev set README defines them."""
-    xs, ys = curve(score, edge, cloud)
-    w, c = float(edge.mean()), float(cloud.mean())
-    apgr = (float(((ys[1:] + ys[:-1]) / 2 * np.diff(xs)).sum()) - w) / (c - w)
-
-    def cpt(frac: float) -> float:
-        t = w + frac * (c - w)
-        i = int(np.argmax(ys >= t - 1e-12))
-        return float(
-            100 * (xs[i - 1] + (t - ys[i - 1]) / (ys[i] - ys[i - 1]) * (xs[i] - xs[i - 1]))
-        )
-
-    return {"apgr": apgr, "cpt50": cpt(0.5), "cpt80": cpt(0.8)}
-
-
-def random_metrics(data: Dataset) -> dict[str, float]:
-    runs = [
-        metrics(np.random.default_rng(seed).random(len(data.prompts)), data.edge, data.cloud)
-        for seed in range(RANDOM_SEEDS)
-    ]
-    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
-
-
-def length_scores(data: Dataset) -> Array:
-    return np.array([count_tokens(p) for p in data.prompts], dtype=float)
-
-
-def reference_checks(model: LinearFit, data: Dataset, count: int = 8) -> list[dict[str, object]]:
-    """A few prompts and their expected scores: the runtime's tests replay them."""
-    picks = np.linspace(0, len(data.prompts) - 1, count).round().astype(np.intp)
-    scores = model.score(data, picks)
-    return [
-        {"prompt": data.prompts[i], "score": round(float(s), 6)}
-        for i, s in zip(picks, scores, strict=True)
-    ]
-
-
-def _r(x: float, digits: int = 6) -> float:
-    return round(float(x), digits)
-
-
-def model_document(
-    model: LinearFit,
-    data: Dataset,
-    *,
-    data_path: Path,
-    data_sha256: str,
-    cv: dict[str, dict[str, float]],
-) -> dict[str, object]:
-    features = [
-        {
-            "name": name,
-            "low": _r(model.low[j]) if math.isfinite(model.low[j]) else None,
-            "high": _r(model.high[j]) if math.isfinite(model.high[j]) else None,
-            "mean": _r(model.mean[j]),
-            "std": _r(model.std[j]),
-            "weight": _r(model.weights[j]),
-            "source": model.sources[j],
-        }
-        for j, name in enumerate(FEATURE_NAMES)
-    ]
-    vocabulary = {w: _r(v) for w, v in sorted(model.vocabulary.items())}
-    rounded = LinearFit(
-        intercept=_r(model.intercept),
-        low=np.array([-np.inf if f["low"] is None else f["low"] for f in features], dtype=float),
-        high=np.array([np.inf if f["high"] is None else f["high"] for f in features], dtype=float),
-        mean=np.array([f["mean"] for f in features], dtype=float),
-        std=np.array([f["std"] for f in features], dtype=float),
-        weights=np.array([f["weight"] for f in features], dtype=float),
-        sources=model.sources,
-        vocabulary=vocabulary,
-        knots=np.array([_r(k) for k in model.knots]),
-    )
-    return {
-        "format": FORMAT,
-        "version": MODEL_VERSION,
-        "feature_set_version": FEATURE_SET_VERSION,
-        "model": "linear: intercept + sum(weight * (clip(x, low, high) - mean) / std)"
-        " + sum(weights of the vocabulary words present)",
-        "score": "piecewise-linear map of the raw score onto its training percentiles",
-        "training": {
-            "data": data_path.name,
-            "data_sha256": data_sha256,
-            "rows": len(data.prompts),
-            "domains": len(set(data.domains.tolist())),
-            "target": "cloud_correct - edge_correct",
-            "between_feature": BETWEEN_FEATURE,
-            "ridge": {"between": BETWEEN_RIDGE, "dense": DENSE_RIDGE, "vocabulary": VOCAB_RIDGE},
-            "vocabulary_rule": {
-                "min_prompts": VOCAB_MIN_PROMPTS,
-                "min_domains": VOCAB_MIN_DOMAINS,
-                "max_words": VOCAB_MAX_WORDS,
-            },
-            "priors_in_std": PRIORS_IN_STD,
-            "command": "scripts/train_classifier.py --data DATA --out OUT",
-        },
-        "cv": {
-            "method": "leave-one-domain-out (28 folds), out-of-fold scores pooled",
-            **{name: {k: _r(v, 4) for k, v in m.items()} for name, m in cv.items()},
-        },
-        "intercept": rounded.intercept,
-        "features": features,
-        "vocabulary": vocabulary,
-        "calibration": [float(k) for k in rounded.knots],
-        "checks": reference_checks(rounded, data),
+def nested_estimates(data: Dataset, dev: np.ndarray) -> dict[str, object]:
+    """Per kind: the procedure's pooled out-of-fold quality, length and random on the same rows."""
+    assert data.domains is not None
+    subjects = sorted(set(data.domains[dev].tolist()))
+    kinds = {
+        "unseen_subjects": [dev[data.domains[dev] == s] for s in subjects],
+        "new_prompts": [
+            dev[[hash_bucket(data.keys[i], FOLD_SALT, NEW_PROMPT_FOLDS) == f for i in dev]]
+            for f in range(NEW_PROMPT_FOLDS)
+        ],
     }
+    out: dict[str, object] = {}
+    for kind, folds in kinds.items():
+        started = time.perf_counter()
+        scores, chosen = nested_scores(data, dev, folds)
+        order = np.concatenate(folds)
+        edge, cloud = data.edge[order], data.cloud[order]
+        figures = {
+            "learned": _row(quality(scores, edge, cloud)),
+            "length": _row(quality(data.lengths[order], edge, cloud)),
+            "random": _row(random_quality(edge, cloud)),
+        }
+        picks: dict[str, int] = {}
+        for c in chosen:
+            picks[c.label] = picks.get(c.label, 0) + 1
+        out[kind] = {"outer_folds": len(folds), "rows": len(order), **figures, "chosen": picks}
+        print(
+            f"\n{KIND_TITLES[kind]}: {len(folds)} outer folds "
+            f"({time.perf_counter() - started:.0f}s)"
+        )
+        for name in ("learned", "length", "random"):
+            m = figures[name]
+            print(
+                f"  {name:8s} APGR {m['apgr']:.3f}  CPT(50%) {m['cpt50']:.1f}%  "
+                f"CPT(80%) {m['cpt80']:.1f}%"
+            )
+        print(f"  chosen in the outer folds: {picks}")
+    return out
+
+
+def shipping_rule(nested: dict[str, object]) -> list[str]:
+    """The kinds on which the procedure's nested estimate is below length's."""
+    behind = []
+    for kind, figures in nested.items():
+        assert isinstance(figures, dict)
+        if figures["learned"]["apgr"] < figures["length"]["apgr"]:
+            behind.append(KIND_TITLES[kind])
+    return behind
 
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="labelled JSONL dev set")
+    parser.add_argument("--data", type=Path, required=True, help="the routing dev set (JSONL)")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write")
-    parser.add_argument("--skip-cv", action="store_true", help="fit only (no CV figures)")
+    parser.add_argument("--skip-nested", action="store_true", help="no nested CV estimate")
+    parser.add_argument(
+        "--selected",
+        action="store_true",
+        help="write the selected model whatever the shipping rule says (not for shipping: "
+        "to measure what training on these subjects gives), as complexity-v2-selected",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    data_sha256 = hashlib.sha256(args.data.read_bytes()).hexdigest()
-    data = load_dataset(args.data)
-    print(f"features: {len(data.prompts)} prompts in {time.perf_counter() - started:.1f}s")
+    split = load_split(args.data)
+    examples = read_examples(args.data)
+    data = build_dataset(examples)
+    dev = np.array(split.rows("dev"))
+    print(
+        f"{len(dev)} development rows of {len(data)}; "
+        f"locked subjects: {', '.join(split.locked_subjects)}"
+    )
 
-    cv: dict[str, dict[str, float]] = {}
-    if not args.skip_cv:
-        cv["learned"] = metrics(cross_validate(data), data.edge, data.cloud)
-        cv["length"] = metrics(length_scores(data), data.edge, data.cloud)
-        cv["random"] = random_metrics(data)
-        for name, m in cv.items():
-            print(
-                f"{name:8s} APGR {m['apgr']:.3f}  CPT(50%) {m['cpt50']:.1f}%  "
-                f"CPT(80%) {m['cpt80']:.1f}%"
-            )
+    nested = {} if args.skip_nested else nested_estimates(data, dev)
+    model, selection = fit_selected(data, dev)
+    behind = shipping_rule(nested)
+    version = MODEL_VERSION + ("-selected" if args.selected else "")
+    if behind and not args.selected:
+        # The protocol's shipping rule: the procedure must not lose to length on any kind.
+        model = fit_selected(data, dev, [LENGTH_ONLY])[0]
+        print(
+            f"\nshipping rule: the procedure is behind length on {', '.join(behind)}: length alone"
+        )
+    print(f"\nselection on the development set ({selection.folds} subjects, leave one out):")
+    for config, q in selection.table:
+        mark = "*" if config == model.config else " "
+        print(
+            f" {mark} {config.label:42s} APGR {q.apgr:.4f}  CPT(50%) {q.cpt50:.1f}%  "
+            f"CPT(80%) {q.cpt80:.1f}%"
+        )
 
-    model = fit(data, np.arange(len(data.prompts)))
-    doc = model_document(model, data, data_path=args.data, data_sha256=data_sha256, cv=cv)
+    training = {
+        "data": args.data.name,
+        "data_sha256": hashlib.sha256(args.data.read_bytes()).hexdigest(),
+        "protocol": "docs/classifier.md, Evaluation protocol (issue 14)",
+        "split": split.summary(),
+        "rows": len(dev),
+        "domains": len(set(data.domains[dev].tolist())) if data.domains is not None else 0,
+        "target": "cloud_correct - edge_correct",
+        "selection": {
+            "method": f"leave-one-subject-out over the {selection.folds} development subjects",
+            "selected": selection.chosen.as_dict(),
+            "shipped": model.config.as_dict(),
+            "shipping_rule": (
+                "ignored (--selected): not for shipping"
+                if args.selected
+                else f"the nested estimate is behind length on {', '.join(behind)}: length alone"
+                if behind
+                else "the nested estimate is at least length's on every kind"
+                if nested
+                else "not applied (--skip-nested)"
+            ),
+            "candidates": [
+                {**c.as_dict(), "label": c.label, **_row(q)} for c, q in selection.table
+            ],
+        },
+        "nested_cv": nested,
+        "command": "scripts/train_classifier.py --data DATA --out OUT",
+    }
+    doc = weights_document(model, version=version, training=training)
+    # A few development prompts and their scores: the runtime's tests replay them.
+    picks = dev[np.linspace(0, len(dev) - 1, REFERENCE_CHECKS).round().astype(np.intp)]
+    doc["checks"] = [
+        {"prompt": examples[i].messages[0]["content"], "score": round(float(s), 6)}
+        for i, s in zip(picks, model.score(data, picks), strict=True)
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    size_kib = math.ceil(args.out.stat().st_size / 1024)
-    print(f"wrote {args.out} ({size_kib} KiB) in {time.perf_counter() - started:.1f}s")
+    print(
+        f"\nwrote {args.out} ({args.out.stat().st_size} bytes) "
+        f"in {time.perf_counter() - started:.0f}s"
+    )
     return 0
 
 

@@ -1,12 +1,12 @@
-"""Shared fixtures: scripted upstreams and an in-process gateway on a real loopback port."""
+"""Shared fixtures: scripted upstreams and an in-process gateway on a real loopback port,
+and the two together as a two-tier setup."""
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from aiohttp import web
@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.http.server import GatewayRunner
 from gateway.settings import Settings
 from gateway.telemetry import Tracing
+from tests.helpers import policy_yaml
 from tests.scripted import ScriptedUpstream
 
 pytest_plugins = ["tests.fixtures.edge", "tests.fixtures.redis", "tests.fixtures.vllm"]
@@ -30,54 +31,6 @@ class RunningGateway:
     @property
     def url(self) -> str:
         return str(self.server.make_url("")).rstrip("/")
-
-
-def policy_yaml(
-    edge: list[tuple[str, str]],
-    cloud: list[tuple[str, str]],
-    *,
-    extra: str = "",
-    timeouts: str = "{connect: 1, first_token: 2, idle: 2, total: 5}",
-    cloud_above: float = 0.55,
-) -> str:
-    """A test policy: nodes as (url, model) pairs, short timeouts, the heuristic classifier."""
-
-    def nodes(items: list[tuple[str, str]], tier: str) -> str:
-        if not items:
-            return "[]"
-        return "".join(
-            f'\n      - {{url: "{url}", model: "{model}", name: {tier}-{i + 1}}}'
-            for i, (url, model) in enumerate(items)
-        )
-
-    return textwrap.dedent(
-        """\
-        version: 1
-        tiers:
-          edge:
-            context_window: 2048
-            nodes: {edge}
-          cloud:
-            context_window: 8192
-            nodes: {cloud}
-        routing:
-          cloud_above: {cloud_above}
-          classifier: {{kind: heuristic}}
-          allow_pinning: true
-        fallback:
-          timeouts_s: {timeouts}
-        health:
-          interval_s: 0.2
-          timeout_s: 2
-          failure_threshold: 2
-          open_s: 0.5
-        """
-    ).format(
-        edge=nodes(edge, "edge"),
-        cloud=nodes(cloud, "cloud"),
-        cloud_above=cloud_above,
-        timeouts=timeouts,
-    ) + textwrap.dedent(extra)
 
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
@@ -133,3 +86,39 @@ async def upstreams() -> AsyncIterator[Callable[[str], Awaitable[ScriptedUpstrea
     yield start
     for upstream in started:
         await upstream.close()
+
+
+class TwoTiers(NamedTuple):
+    """A scripted edge and cloud upstream (edge-1, cloud-1) and a gateway over them."""
+
+    edge: ScriptedUpstream
+    cloud: ScriptedUpstream
+    gateway: RunningGateway
+
+
+TwoTiersFactory = Callable[..., Awaitable[TwoTiers]]
+
+
+@pytest.fixture
+async def two_tiers(
+    upstreams: Callable[[str], Awaitable[ScriptedUpstream]], make_gateway: GatewayFactory
+) -> TwoTiersFactory:
+    """Start a two-tier setup: ``await two_tiers(**policy)`` with :func:`policy_yaml`'s
+    options (``cloud_above=0.3``, ``health={"open_s": 60}``...). The gateway runs no
+    health checks unless ``health_checks=True``; ``tracing`` and ``settings`` go to it."""
+
+    async def start(
+        *,
+        health_checks: bool = False,
+        tracing: Tracing | None = None,
+        settings: Mapping[str, object] | None = None,
+        **policy: Any,
+    ) -> TwoTiers:
+        edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+        text = policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")], **policy)
+        gateway = await make_gateway(
+            text, health_checks=health_checks, tracing=tracing, **(settings or {})
+        )
+        return TwoTiers(edge=edge, cloud=cloud, gateway=gateway)
+
+    return start

@@ -59,6 +59,12 @@ class Script:
     """Open the stream with a role-only chunk first, as vLLM and llama.cpp do."""
     reject_prefill: bool = False
     """Answer 400 to a request with ``continue_final_message`` (a server without prefill)."""
+    usage_on_finish: bool = False
+    """Send the usage on the finish-reason chunk rather than in a chunk of its own."""
+    null_usage: bool = False
+    """With usage asked for, send ``"usage": null`` on every other chunk, as vLLM does."""
+    compact_json: bool = False
+    """Encode events compactly (``{"a":1}``), as vLLM and the edge node do."""
 
 
 @dataclass(slots=True)
@@ -183,7 +189,7 @@ class ScriptedUpstream:
         wants_usage = isinstance(options, dict) and options.get("include_usage")
         if script.role_chunk or script.behaviour == "silent_stream":
             role = _chunk(self.model, created, {"role": "assistant", "content": ""}, None)
-            await response.write(b"data: " + json.dumps(role).encode() + b"\n\n")
+            await response.write(_event(role, script))
         if script.behaviour == "silent_stream":
             await asyncio.sleep(3600)
         for index, piece in enumerate(script.chunks):
@@ -201,18 +207,21 @@ class ScriptedUpstream:
             if script.behaviour == "malformed" and index == 1:
                 await response.write(b"data: {not json\n\n")
             chunk = _chunk(self.model, created, {"content": piece}, None)
-            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            if wants_usage and script.null_usage:
+                chunk["usage"] = None
+            await response.write(_event(chunk, script))
             await asyncio.sleep(script.chunk_delay_s)
-        await response.write(
-            b"data: " + json.dumps(_chunk(self.model, created, {}, "stop")).encode() + b"\n\n"
-        )
-        if wants_usage:
+        finish = _chunk(self.model, created, {}, "stop")
+        if wants_usage and script.usage_on_finish:
+            finish["usage"] = _usage(body, script.chunks)
+        await response.write(_event(finish, script))
+        if wants_usage and not script.usage_on_finish:
             usage_chunk = {
                 **_chunk(self.model, created, {}, None),
                 "choices": [],
                 "usage": _usage(body, script.chunks),
             }
-            await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+            await response.write(_event(usage_chunk, script))
         if script.behaviour == "no_done_hold":
             await asyncio.sleep(3600)
         if script.behaviour != "no_done":
@@ -232,6 +241,11 @@ class ScriptedUpstream:
             raise
         finally:
             self.in_flight -= 1
+
+
+def _event(chunk: dict[str, object], script: Script) -> bytes:
+    separators = (",", ":") if script.compact_json else (", ", ": ")
+    return b"data: " + json.dumps(chunk, separators=separators).encode() + b"\n\n"
 
 
 def _echo(body: dict[str, object]) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.routing.policy import PolicyError
+from gateway.policy.errors import PolicyError
 from gateway.routing.state import load_routing_state
 
 

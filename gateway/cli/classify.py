@@ -30,10 +30,11 @@ from typing import TextIO
 
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http.validation import parse_chat_request
-from gateway.routing.capabilities import request_needs
+from gateway.policy.errors import PolicyError
+from gateway.policy.model import Policy
 from gateway.routing.classifier import Classifier
-from gateway.routing.decide import RoutingRequest, decide
-from gateway.routing.policy import Policy, PolicyError
+from gateway.routing.decide import AUTO_MODEL, RoutingRequest, decide
+from gateway.routing.needs import request_needs
 from gateway.routing.state import load_routing_state
 
 
@@ -75,8 +76,9 @@ def calibrate(scores: Sequence[float], target_edge_share: float) -> Calibration:
 def _request(line: bytes) -> tuple[object, RoutingRequest]:
     """(id, routing request) for one JSONL line; raises GatewayError for bad input."""
     # The server's own admission check, so a line fails here exactly when the HTTP API
-    # would answer 400 (it also turns invalid UTF-8 and deep nesting into InvalidJSON).
-    body = parse_chat_request(line)
+    # would answer 400 (it also turns invalid UTF-8 and deep nesting into InvalidJSON);
+    # but a line need not name a model: the dry run routes it as "auto".
+    body = parse_chat_request(line, default_model=AUTO_MODEL)
     raw: dict[str, object] = dict(body)
     headers = raw.get("headers") or {}
     if not isinstance(headers, dict) or not all(

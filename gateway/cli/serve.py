@@ -15,9 +15,9 @@ from aiohttp import web
 from gateway.app import MAX_UPSTREAM_CONNECTIONS, create_app
 from gateway.http.connections import GuardedRunner
 from gateway.logs import configure_logging
-from gateway.routing.policy import PolicyError
+from gateway.policy.errors import PolicyError
 from gateway.settings import Settings, SettingsError, settings_from_env
-from gateway.telemetry.config import Exporter
+from hybrid_common.otel import Exporter
 
 log = logging.getLogger("gateway")
 

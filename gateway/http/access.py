@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.protocol import Usage
 from gateway.upstream.forward import Failure
+from hybrid_common.protocol import Usage
+
+_quote = json.JSONEncoder(ensure_ascii=False).encode
+"""``json.dumps(text, ensure_ascii=False)`` without building an encoder per call."""
 
 SESSION_HASH_HEX = 16
 """Hex digits of SHA-256 kept in ``session_hash``: 64 bits, unique enough to follow one
@@ -34,8 +37,8 @@ class ChatAccess:
     route_reason: str
     complexity_score: float
     fallback: Sequence[Failure] = ()
-    """The attempt plan's list (failed attempts and skipped nodes, in order), read when
-    the line is written: it holds what happened after this record was made too."""
+    """The answer record's attempt log (failed attempts and skipped nodes, in order),
+    read when the line is written: it holds what happened after this was made too."""
     session_hash: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -78,7 +81,7 @@ def access_fields(chat: ChatAccess | None) -> tuple[str, dict[str, object]]:
     )
     words = [
         f"route={chat.route_tier}",
-        f"reason={json.dumps(chat.route_reason, ensure_ascii=False)}",
+        f"reason={_quote(chat.route_reason)}",
         f"score={chat.complexity_score:.4f}",
     ]
     if fallback:

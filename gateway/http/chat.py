@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
+from dataclasses import dataclass
 
 from aiohttp import web
 from opentelemetry import trace
@@ -14,23 +14,23 @@ from gateway.errors import UpstreamTimeout
 from gateway.http.access import CHAT_ACCESS, ChatAccess, session_hash
 from gateway.http.body import read_body
 from gateway.http.middlewares import CALLER, REQUEST_ID, REQUEST_ID_HEADER
-from gateway.http.relay import DONE_EVENT, StreamRelay, error_event
+from gateway.http.relay import DONE_EVENT, error_event, sse_event
 from gateway.http.validation import parse_chat_request
-from gateway.protocol import ChatCompletionRequest, StreamOptions, Usage
-from gateway.routing.capabilities import request_needs
+from gateway.metrics import GatewayMetrics
+from gateway.policy.model import Policy
 from gateway.routing.decide import Decision, RoutingRequest
 from gateway.routing.fitted import decide_fitted
-from gateway.routing.policy import Policy
+from gateway.routing.needs import request_needs
 from gateway.sessions.conversation import Conversation
 from gateway.sessions.prompts import TierPrompts
-from gateway.state import STATE, GatewayState
+from gateway.shadow.service import Shadowing
+from gateway.state import FORWARDER, METRICS, POLICIES, SESSIONS, SETTINGS, SHADOW, TRACING
 from gateway.telemetry import decision_attributes, passthrough_headers, record_answer, record_route
+from gateway.upstream.answer_record import AnswerRecord
+from gateway.upstream.answer_stream import AnswerStream
 from gateway.upstream.completion import complete_answer
-from gateway.upstream.continuation import Answer
-from gateway.upstream.forward import AttemptPlan
+from gateway.upstream.forward import AttemptPlan, Forwarder
 from gateway.upstream.pool import Lease
-
-log = logging.getLogger("gateway.chat")
 
 TIER_HEADER = "x-gateway-tier"
 NODE_HEADER = "x-gateway-node"
@@ -39,30 +39,27 @@ FALLBACK_HEADER = "x-gateway-fallback"
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    routing = state.policies.current  # read once: one consistent policy for this request
+    app = request.app
+    routing = app[POLICIES].current  # read once: one consistent policy for this request
     policy = routing.policy
     started = time.perf_counter()
     raw = await read_body(
         request,
         max_body_bytes=policy.max_body_bytes,
-        timeout_s=state.settings.connections.body_timeout_s,
+        timeout_s=app[SETTINGS].connections.body_timeout_s,
     )
-    chat = parse_chat_request(raw)
+    chat = parse_chat_request(raw, default_model=policy.routing.default_model)
     headers = {name.lower(): value for name, value in request.headers.items()}
-    conversation = (
-        await state.sessions.open(
-            headers, chat, request_id=request[REQUEST_ID], policy=policy, owner=request.get(CALLER)
-        )
-        if state.sessions is not None
-        else None
+    conversation = await app[SESSIONS].open(
+        headers, chat, request_id=request[REQUEST_ID], policy=policy, owner=request.get(CALLER)
     )
     if conversation is not None:
         chat = conversation.request_body(chat)  # stored turns in front
     # What each tier is sent: with a session, fitted into its window; max_tokens per tier.
     prompts = TierPrompts(policy=policy, body=chat, fit_context=conversation is not None)
     needs = request_needs(chat)  # tools, response_format, images, ...: only nodes with them
-    with state.tracing.span("gateway.classify") as classify:
+    tracing, metrics = app[TRACING], app[METRICS]
+    with tracing.span("gateway.classify") as classify:
         decision = decide_fitted(
             policy,
             routing.classifier,
@@ -78,9 +75,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if classify.is_recording():
             classify.set_attributes(decision_attributes(decision, routing.classifier.name))
     record_route(trace.get_current_span(), decision)
-    state.metrics.route_decisions.labels(decision.tier, decision.reason_kind).inc()
+    metrics.route_decisions.labels(decision.tier, decision.reason_kind).inc()
     upstream_headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]}
-    if not state.tracing.enabled:
+    if not tracing.enabled:
         passthrough_headers(headers, upstream_headers)  # with tracing on, each attempt injects
     plan = AttemptPlan(
         tier=decision.tier,
@@ -91,111 +88,148 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         for_tier=prompts.body_for,
         needs=needs.needs,
     )
-    access = request[CHAT_ACCESS] = ChatAccess(
+    record = AnswerRecord()
+    request[CHAT_ACCESS] = ChatAccess(
         route_tier=decision.tier,
         route_reason=decision.reason,
         complexity_score=decision.score,
-        fallback=plan.failures,
+        fallback=record.failures,
         session_hash=session_hash(conversation.session_id) if conversation else None,
     )
-    if chat.get("stream"):
-        return await _stream(
-            request,
-            state,
-            policy,
-            decision,
-            plan,
-            started,
-            conversation,
-            access=access,
-            prompts=prompts,
-        )
-    return await _complete(
-        state, policy, decision, plan, started, conversation, access=access, prompts=prompts
+    routed = _Routed(
+        forwarder=app[FORWARDER],
+        metrics=metrics,
+        policy=policy,
+        decision=decision,
+        plan=plan,
+        record=record,
+        prompts=prompts,
+        conversation=conversation,
+        started=started,
+        access=request[CHAT_ACCESS],
+        request_id=request[REQUEST_ID],
+        shadowing=app[SHADOW],
     )
+    if chat.get("stream"):
+        return await _stream(request, routed)
+    return await _complete(routed)
 
 
-async def _complete(
-    state: GatewayState,
-    policy: Policy,
-    decision: Decision,
-    plan: AttemptPlan,
-    started: float,
-    conversation: Conversation | None = None,
-    *,
-    access: ChatAccess,
-    prompts: TierPrompts,
-) -> web.Response:
+@dataclass(slots=True, frozen=True, kw_only=True)
+class _Routed:
+    """A routed chat request: what answering it and reporting on it need."""
+
+    forwarder: Forwarder
+    metrics: GatewayMetrics
+    policy: Policy
+    decision: Decision
+    plan: AttemptPlan
+    record: AnswerRecord
+    prompts: TierPrompts
+    conversation: Conversation | None
+    started: float
+    access: ChatAccess
+    request_id: str
+    shadowing: Shadowing
+
+    @property
+    def deadline(self) -> float:
+        """The request's end in event-loop time: the total deadline counts from arrival."""
+        elapsed = time.perf_counter() - self.started
+        return asyncio.get_running_loop().time() + self.policy.fallback.timeouts.total_s - elapsed
+
+    def headers(self, lease: Lease) -> dict[str, str]:
+        node = lease.node
+        headers = {
+            TIER_HEADER: node.tier,
+            NODE_HEADER: node.name,
+            # Header values must be Latin-1; a policy's rule names may not be.
+            REASON_HEADER: self.decision.reason.encode("ascii", "replace").decode(),
+        }
+        if self.record.failures:
+            headers[FALLBACK_HEADER] = ", ".join(
+                f"{f.node}:{f.reason}" for f in self.record.failures
+            )
+        headers.update(self.prompts.response_headers(node.tier))
+        if self.conversation is not None:
+            dropped = self.prompts.prompt(node.tier).dropped
+            headers.update(self.conversation.response_headers(node.tier, dropped=dropped))
+        return headers
+
+    def failed_before_answer(self) -> None:
+        self.metrics.requests.labels(self.decision.tier, "error").inc()
+        record_answer(
+            trace.get_current_span(),
+            tier=None,
+            node=None,
+            failures=self.record.failures,
+            outcome="error",
+        )
+
+    def account(self) -> None:
+        """Count the tokens of a served answer, each part under the tier that spent it."""
+        tokens = self.metrics.tokens
+        for tier, usage in self.record.usage_by_tier():
+            tokens.labels(tier, "prompt").inc(usage["prompt_tokens"])
+            tokens.labels(tier, "completion").inc(usage["completion_tokens"])
+            self.access.add_usage(usage)
+
+
+async def _complete(routed: _Routed) -> web.Response:
+    metrics, record = routed.metrics, routed.record
     try:
         # Simple requests are fetched as streams: deadlines and mid-answer recovery apply.
         done = await complete_answer(
-            state.forwarder, policy, plan, deadline=_deadline(policy, started)
+            routed.forwarder, routed.policy, routed.plan, record, deadline=routed.deadline
         )
     except Exception:
-        state.metrics.requests.labels(decision.tier, "error").inc()
-        record_answer(
-            trace.get_current_span(), tier=None, node=None, failures=plan.failures, outcome="error"
-        )
+        routed.failed_before_answer()
         raise
-    lease, payload = done.lease, done.payload
+    lease = done.lease
     try:
         tier = lease.node.tier
-        for part_tier, usage in done.usage_by_tier:
-            _account(state, part_tier, usage)
-            access.add_usage(usage)
-        state.metrics.requests.labels(tier, "ok").inc()
+        routed.account()
+        metrics.requests.labels(tier, "ok").inc()
         record_answer(
             trace.get_current_span(),
             tier=tier,
             node=lease.node.name,
-            failures=plan.failures,
+            failures=record.failures,
             outcome="ok",
         )
-        state.metrics.duration_s.labels(tier).observe(time.perf_counter() - started)
-        if conversation is not None:
-            await conversation.record_completion(payload, tier)  # before the client can go on
+        metrics.duration_s.labels(tier).observe(time.perf_counter() - routed.started)
+        if routed.conversation is not None:  # stored before the client can go on
+            await routed.conversation.record_completion(done.body, tier)
+        if tier == "edge":  # sampled: re-asked on the cloud once this is sent (gateway/shadow)
+            routed.shadowing.offer(routed, body=done.body)
         return web.Response(
-            body=payload,
-            content_type="application/json",
-            headers=_headers(decision, plan, lease, prompts, conversation),
+            body=done.payload, content_type="application/json", headers=routed.headers(lease)
         )
     finally:
         lease.release()
 
 
-async def _stream(
-    request: web.Request,
-    state: GatewayState,
-    policy: Policy,
-    decision: Decision,
-    plan: AttemptPlan,
-    started: float,
-    conversation: Conversation | None = None,
-    *,
-    access: ChatAccess,
-    prompts: TierPrompts,
-) -> web.StreamResponse:
-    options: StreamOptions = {**(plan.body.get("stream_options") or {})}
-    relay = StreamRelay(client_wants_usage=bool(options.get("include_usage")))
-    options["include_usage"] = True  # always, for accounting; the relay hides it if unwanted
-    body: ChatCompletionRequest = {**plan.body, "stream_options": options}
-    plan.body = body
+async def _stream(request: web.Request, routed: _Routed) -> web.StreamResponse:
+    metrics, record = routed.metrics, routed.record
+    options = routed.plan.body.get("stream_options") or {}
     try:
-        answer = await Answer.open(
-            state.forwarder, policy, plan, deadline=_deadline(policy, started)
+        answer = await AnswerStream.open(
+            routed.forwarder,
+            routed.policy,
+            routed.plan,
+            record,
+            deadline=routed.deadline,
+            show_usage=bool(options.get("include_usage")),
         )
     except Exception:
-        state.metrics.requests.labels(decision.tier, "error").inc()
-        record_answer(
-            trace.get_current_span(), tier=None, node=None, failures=plan.failures, outcome="error"
-        )
+        routed.failed_before_answer()
         raise
     outcome = "error"
-    first_token_s = access.time_to_first_token_s = time.perf_counter() - started
+    first_token_s = routed.access.time_to_first_token_s = time.perf_counter() - routed.started
     try:
         assert answer.lease is not None
         tier = answer.node.tier
-        state.metrics.first_token_s.labels(tier).observe(first_token_s)
+        metrics.first_token_s.labels(tier).observe(first_token_s)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -203,16 +237,17 @@ async def _stream(
                 "X-Accel-Buffering": "no",
                 # The middleware adds it to prepared-later responses only; this one is sent here.
                 REQUEST_ID_HEADER: request[REQUEST_ID],
-                **_headers(decision, plan, answer.lease, prompts, conversation),
+                **routed.headers(answer.lease),
             }
         )
         await response.prepare(request)
         # Once the headers are out the status can't change: a broken upstream is continued
-        # on another node by the Answer, or ends in an in-stream error (never in [DONE]).
-        while (data := await answer.next()) is not None:
-            out = relay.process(data)
-            if out is not None and not relay.done:
-                await response.write(out)
+        # on another node by the AnswerStream, or ends in an in-stream error (never [DONE]).
+        while (event := await answer.next()) is not None:
+            # What has already arrived goes out in one write: fewer sends, same latency.
+            out = [sse_event(event.data)]
+            out.extend(sse_event(ready.data) for ready in answer.take_ready())
+            await response.write(b"".join(out))
         if answer.error is not None:
             await response.write(error_event(answer.error.body()))
             timed_out = isinstance(answer.error, UpstreamTimeout)
@@ -220,9 +255,9 @@ async def _stream(
         else:
             # The turn is stored before [DONE]: a client that sends its next turn the moment
             # it reads [DONE] finds this one in the history.
-            if conversation is not None:
-                await conversation.record_stream(
-                    "".join(relay.text), answer.node.tier, answer.model
+            if routed.conversation is not None:
+                await routed.conversation.record_stream(
+                    record.content, answer.node.tier, record.model
                 )
             await response.write(DONE_EVENT)
             outcome = "ok"  # served: the client has the whole answer
@@ -238,56 +273,17 @@ async def _stream(
     finally:
         answer.close()
         if outcome == "ok":  # a failed answer is not a completion, in requests or in tokens
-            for part_tier, usage in answer.usage_by_tier():
-                _account(state, part_tier, usage)
-                access.add_usage(usage)
-        state.metrics.requests.labels(answer.node.tier, outcome).inc()
-        state.metrics.duration_s.labels(answer.node.tier).observe(time.perf_counter() - started)
+            routed.account()
+            if answer.node.tier == "edge":  # sampled: re-asked on the cloud (gateway/shadow)
+                routed.shadowing.offer(routed)
+        metrics.requests.labels(answer.node.tier, outcome).inc()
+        metrics.duration_s.labels(answer.node.tier).observe(time.perf_counter() - routed.started)
         record_answer(
             trace.get_current_span(),
             tier=answer.node.tier,
             node=answer.node.name,
-            failures=plan.failures,
+            failures=record.failures,
             outcome=outcome,
             time_to_first_token_s=first_token_s,
-            continuations=len(answer.segments) - 1,
+            continuations=len(record.attempts) - 1,
         )
-
-
-def _deadline(policy: Policy, started: float) -> float:
-    """The request's end in event-loop time: the total deadline counts from its arrival."""
-    elapsed = time.perf_counter() - started
-    return asyncio.get_running_loop().time() + policy.fallback.timeouts.total_s - elapsed
-
-
-def _headers(
-    decision: Decision,
-    plan: AttemptPlan,
-    lease: Lease,
-    prompts: TierPrompts,
-    conversation: Conversation | None = None,
-) -> dict[str, str]:
-    node = lease.node
-    headers = {
-        TIER_HEADER: node.tier,
-        NODE_HEADER: node.name,
-        # Header values must be Latin-1; a policy's rule names may not be.
-        REASON_HEADER: decision.reason.encode("ascii", "replace").decode(),
-    }
-    if plan.failures:
-        headers[FALLBACK_HEADER] = ", ".join(f"{f.node}:{f.reason}" for f in plan.failures)
-    headers.update(prompts.response_headers(node.tier))
-    if conversation is not None:
-        dropped = prompts.prompt(node.tier).dropped
-        headers.update(conversation.response_headers(node.tier, dropped=dropped))
-    return headers
-
-
-def _account(state: GatewayState, tier: str, usage: Usage | None) -> None:
-    if not usage:
-        return
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int):
-        state.metrics.tokens.labels(tier, "prompt").inc(prompt)
-    if isinstance(completion, int):
-        state.metrics.tokens.labels(tier, "completion").inc(completion)

@@ -45,8 +45,8 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway.http.server import GatewayRequestHandler, GatewayRunner
-from gateway.protocol import error_body
 from gateway.settings import ConnectionLimits
+from hybrid_common.protocol import error_body
 
 log = logging.getLogger("gateway.http")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,10 +18,10 @@ from opentelemetry.util.types import AttributeValue
 from gateway.errors import GatewayError, Unauthorized
 from gateway.http.access import CHAT_ACCESS, access_fields
 from gateway.logs import request_id_var
-from gateway.protocol import error_body
 from gateway.sessions.keys import owner_of_key
-from gateway.state import STATE
+from gateway.state import METRICS, SETTINGS, TRACING
 from gateway.telemetry import server_span
+from hybrid_common.protocol import error_body
 
 log = logging.getLogger("gateway.http")
 access_log = logging.getLogger("gateway.access")
@@ -77,7 +77,10 @@ def status_error_response(status: int, message: str, request_id: str) -> web.Res
 def request_id_of(request: web.Request) -> str:
     """The client's ``x-request-id`` when it is usable, else a new one."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    return incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+    if 0 < len(incoming) <= 128 and incoming.isprintable():
+        return incoming
+    # 128 random bits as 32 hex digits, like a uuid4's hex at a fifth of its cost.
+    return secrets.token_hex(16)
 
 
 @web.middleware
@@ -93,7 +96,7 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
     token = request_id_var.set(request_id)
     started = time.perf_counter()
     try:
-        tracing = request.app[STATE].tracing
+        tracing = request.app[TRACING]
         probe = request.path in _PUBLIC_PATHS
         if probe or not tracing.enabled:
             return await _observed(request, handler, started, trace.INVALID_SPAN, probe)
@@ -134,7 +137,7 @@ async def _observed(
         status = exc.status
         raise
     finally:
-        metrics = request.app[STATE].metrics
+        metrics = request.app[METRICS]
         resource = request.match_info.route.resource
         metrics.http_responses.labels(
             resource.canonical if resource is not None else "unmatched",
@@ -154,18 +157,19 @@ async def _observed(
             tier, node = headers.get("x-gateway-tier"), headers.get("x-gateway-node")
             shown = status if status is not None else "disconnected"
             words, fields = access_fields(request.get(CHAT_ACCESS))
+            path = logged_path(request)
             access_log.log(
                 level,
                 "%s %s %s %.1f ms%s%s",
                 request.method,
-                logged_path(request),
+                path,
                 shown,
                 duration_ms,
                 f" {tier}/{node}" if tier else "",
                 words,
                 extra={
                     "method": request.method,
-                    "path": logged_path(request),
+                    "path": path,
                     "status": status,
                     "duration_ms": duration_ms,
                     "tier": tier,
@@ -234,7 +238,7 @@ Unset when GATEWAY_API_KEYS is not set (one shared namespace)."""
 async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """When GATEWAY_API_KEYS is set, require one of them as a Bearer token; the key that
     matched names the request's :data:`CALLER`."""
-    keys = request.app[STATE].settings.api_keys
+    keys = request.app[SETTINGS].api_keys
     if keys and request.path not in _PUBLIC_PATHS:
         key = _presented_key(request.headers.get("Authorization", ""), keys)
         if key is None:

@@ -6,17 +6,17 @@ from aiohttp import web
 
 from gateway.http.chat import chat_completions
 from gateway.http.sessions_api import add_session_routes
-from gateway.protocol import ModelCard, ModelList
-from gateway.state import STATE
+from gateway.state import METRICS, POLICIES, POOL
 from gateway.upstream.circuit import CircuitState
+from hybrid_common.protocol import ModelCard, ModelList
 
 _CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
 async def list_models(request: web.Request) -> web.Response:
     """``auto``, the two tier names, and every node's served model."""
-    policy = request.app[STATE].policies.current.policy
-    created = int(request.app[STATE].policies.current.loaded_at)
+    current = request.app[POLICIES].current
+    policy, created = current.policy, int(current.loaded_at)
     names = ["auto", "edge", "cloud", *sorted(policy.served_models())]
     cards = [
         ModelCard(id=name, object="model", created=created, owned_by="hybrid-gateway")
@@ -32,32 +32,31 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready: a policy is loaded and at least one node passed its health check."""
-    state = request.app[STATE]
+    pool, policies = request.app[POOL], request.app[POLICIES]
     tiers = {
         tier: [
             {"node": n.name, "healthy": n.healthy, "circuit": str(n.breaker.state)}
-            for n in state.pool.nodes(tier)
+            for n in pool.nodes(tier)
         ]
         for tier in ("edge", "cloud")
     }
-    ready = state.pool.ready()
+    ready = pool.ready()
     body = {
         "status": "ready" if ready else "not_ready",
-        "policy": str(state.policies.path),
-        "policy_error": state.policies.last_error,
+        "policy": str(policies.path),
+        "policy_error": policies.last_error,
         "tiers": tiers,
     }
     return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    m = state.metrics
-    for node in state.pool.all_nodes():
+    m = request.app[METRICS]
+    for node in request.app[POOL].all_nodes():
         m.node_up.labels(node.tier, node.name).set(1 if node.healthy else 0)
         m.node_circuit.labels(node.tier, node.name).set(_CIRCUIT_VALUE[node.breaker.state])
         m.node_in_flight.labels(node.tier, node.name).set(node.in_flight)
-    m.policy_info.set(state.policies.current.loaded_at)
+    m.policy_info.set(request.app[POLICIES].current.loaded_at)
     return web.Response(
         body=m.render(),
         content_type="text/plain",

@@ -15,13 +15,13 @@ from gateway.http.middlewares import CALLER
 from gateway.sessions.errors import SessionsDisabled
 from gateway.sessions.keys import SessionRef, check_session_id
 from gateway.sessions.service import SessionService
-from gateway.state import STATE
+from gateway.state import POLICIES, SESSIONS
 
 
 def _service(request: web.Request) -> tuple[SessionService, SessionRef]:
-    service = request.app[STATE].sessions
+    service = request.app[SESSIONS]
     session_id = check_session_id(request.match_info["session_id"], param="session_id")
-    if service is None or not service.enabled:
+    if not service.enabled:
         raise SessionsDisabled("Sessions are disabled on this gateway (REDIS_URL is not set).")
     return service, SessionRef(session_id, request.get(CALLER))
 
@@ -33,7 +33,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     service, session = _service(request)
-    await service.erase(session, policy=request.app[STATE].policies.current.policy)
+    await service.erase(session, policy=request.app[POLICIES].current.policy)
     return web.Response(status=204)
 
 

@@ -16,8 +16,9 @@ import re
 from typing import Final, cast
 
 from gateway.errors import InvalidJSON, InvalidRequest
-from gateway.protocol import ROLES, ChatCompletionRequest
 from gateway.text import has_lone_surrogate
+from hybrid_common.messages import checked_messages
+from hybrid_common.protocol import ChatCompletionRequest
 
 MAX_DEPTH: Final = 64
 """Deepest nesting of arrays and objects in a body (the body object itself is level 1)."""
@@ -39,8 +40,12 @@ _INTEGER_FIELDS = {
 }
 
 
-def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
-    """Parse and check the fields the gateway relies on; other fields pass through untouched."""
+def parse_chat_request(raw: bytes, *, default_model: str | None = None) -> ChatCompletionRequest:
+    """Parse and check the fields the gateway relies on; other fields pass through untouched.
+
+    ``model`` is required, as in OpenAI's API, unless ``default_model`` names the model a
+    request without one gets (the policy's ``routing.default_model``, an explicit opt-in).
+    """
     if not raw.strip():
         raise InvalidJSON("The request body is empty; expected a JSON object.")
     try:
@@ -55,7 +60,15 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     _check_values(body)
-    model = body.get("model", "auto")
+    model = body.get("model")
+    if model is None:
+        if default_model is None:
+            raise InvalidRequest(
+                'model is required: name a served model, a tier ("edge" or "cloud"), or "auto" '
+                "to let the gateway choose.",
+                param="model",
+            )
+        model = default_model
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model must be a non-empty string.", param="model")
     body["model"] = model
@@ -177,28 +190,12 @@ def _param(path: list[str | int]) -> str | None:
     return out or None
 
 
-def _shown(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _invalid(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
 
 
 def _check_messages(messages: object) -> None:
-    if messages is None:
-        raise InvalidRequest("messages is required.", param="messages")
-    if not isinstance(messages, list):
-        raise InvalidRequest("messages must be an array.", param="messages")
-    if not messages:
-        raise InvalidRequest("messages must contain at least one message.", param="messages")
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"{where} must be an object.", param=where)
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(
-                f"{where}.role must be one of {', '.join(sorted(ROLES))}; got {_shown(role)}.",
-                param=f"{where}.role",
-            )
+    for where, message, role in checked_messages(messages, _invalid):
         content = message.get("content")
         if content is None:
             if role == "assistant" and message.get("tool_calls"):

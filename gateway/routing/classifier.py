@@ -11,12 +11,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
-from gateway.protocol import ChatMessage, message_text
-from gateway.routing.tokens import count_tokens
-
-ClassifierKind = Literal["heuristic", "learned"]
+from gateway.policy.model import ClassifierKind
+from gateway.tokens import count_tokens
+from hybrid_common.protocol import ChatMessage, message_text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,10 +87,15 @@ class HeuristicClassifier:
         )
 
 
-def build_classifier(kind: ClassifierKind, model_path: Path | None = None) -> Classifier:
-    """The classifier a policy names; loads weights (blocking: call at start-up or reload)."""
+def build_classifier(
+    kind: ClassifierKind, model_path: Path | None = None, model_name: str | None = None
+) -> Classifier:
+    """The classifier a policy names: a weights file by path, a shipped one by version
+    (``model_name``), or the shipped default; blocking: call at start-up or reload."""
     if kind == "heuristic":
         return HeuristicClassifier()
-    from gateway.routing.learned import load_learned_classifier
+    from gateway.routing.learned import load_learned_classifier, shipped_model_path
 
+    if model_name is not None:
+        model_path = shipped_model_path(model_name)
     return load_learned_classifier(model_path)

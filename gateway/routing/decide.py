@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import InvalidRequest, ModelNotFound
-from gateway.protocol import TIERS, ChatMessage, Tier
-from gateway.routing.capabilities import DESCRIPTIONS, NO_NEEDS, Capability, RequestNeeds
+from gateway.policy.capabilities import DESCRIPTIONS, Capability
+from gateway.policy.model import Policy, Rule
 from gateway.routing.classifier import Classifier, Complexity
-from gateway.routing.policy import Policy, Rule
+from gateway.routing.needs import NO_NEEDS, RequestNeeds
+from hybrid_common.protocol import TIERS, ChatMessage, Tier
 
 TIER_HEADER = "x-gateway-tier"
 AUTO_MODEL = "auto"

@@ -23,8 +23,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.protocol import ChatMessage, message_text
-from gateway.routing.tokens import encoding
+from gateway.tokens import encoding
+from hybrid_common.protocol import ChatMessage, message_text
 
 FEATURE_SET_VERSION = 1
 """Bump when a feature's definition changes: weights trained on another version are refused."""
@@ -42,37 +42,11 @@ _CHOICE_LINE = re.compile(r"^\s*\(?([A-Ha-h])[.)]\s+(.*)$", re.M)
 _SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 
 _MATH_WORDS = frozenset(
-    [
-        "equation",
-        "equations",
-        "solve",
-        "integral",
-        "derivative",
-        "probability",
-        "theorem",
-        "prove",
-        "matrix",
-        "sum",
-        "product",
-        "function",
-        "polynomial",
-        "calculate",
-        "compute",
-        "value",
-        "variable",
-        "root",
-        "roots",
-        "log",
-        "ratio",
-        "expected",
-        "variance",
-        "mean",
-        "median",
-        "integer",
-        "integers",
-        "prime",
-        "divisible",
-    ]
+    (  # noqa: SIM905 (a word list, not one word per line)
+        "equation equations solve integral derivative probability theorem prove matrix sum "
+        "product function polynomial calculate compute value variable root roots log ratio "
+        "expected variance mean median integer integers prime divisible"
+    ).split()
 )
 _CODE_WORDS = frozenset(
     [
@@ -243,6 +217,9 @@ class Features:
     prompt_tokens: int
     """Tokens of all message texts joined by newlines (estimated above the exact limit)."""
     prompt_tokens_exact: bool
+    last_user_tokens: int | None = None
+    """Tokens of the last user message, when the request has more than that message."""
+    last_user_exact: bool = True
 
 
 def estimate_tokens(text: str) -> tuple[int, bool]:
@@ -279,8 +256,7 @@ def _window(text: str) -> str:
     return text[:WINDOW_HEAD_CHARS] + "\n" + text[-WINDOW_TAIL_CHARS:]
 
 
-def _log(x: float) -> float:
-    return math.log1p(x)
+_log = math.log1p  # a dozen per request: the C function itself, no Python frame around it
 
 
 def _max_tokens_octaves(max_tokens: int | None) -> float:
@@ -319,6 +295,7 @@ def extract_features(messages: Sequence[ChatMessage], *, max_tokens: int | None)
     texts = [message_text(m) for m in messages]
     roles = [m.get("role") for m in messages]
     last_user = _last_user(roles, texts)
+    last_exact = True
     if len(texts) == 1:
         prompt_tokens, exact = estimate_tokens(last_user)
         last_tokens = prompt_tokens
@@ -327,7 +304,7 @@ def extract_features(messages: Sequence[ChatMessage], *, max_tokens: int | None)
         joined = "\n".join(texts)
         joined_chars = len(joined)
         prompt_tokens, exact = estimate_tokens(joined)
-        last_tokens = estimate_tokens(last_user)[0]
+        last_tokens, last_exact = estimate_tokens(last_user)
     system_chars = sum(
         len(t) for r, t in zip(roles, texts, strict=True) if r in ("system", "developer")
     )
@@ -379,7 +356,12 @@ def extract_features(messages: Sequence[ChatMessage], *, max_tokens: int | None)
         1.0 if "___" in window else 0.0,
     )
     return Features(
-        values=values, words=words, prompt_tokens=prompt_tokens, prompt_tokens_exact=exact
+        values=values,
+        words=words,
+        prompt_tokens=prompt_tokens,
+        prompt_tokens_exact=exact,
+        last_user_tokens=None if len(texts) == 1 else last_tokens,
+        last_user_exact=last_exact,
     )
 
 

@@ -33,11 +33,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
-from gateway.protocol import ChatMessage, Tier, message_text
+from gateway.policy.model import Policy
 from gateway.routing.classifier import Classifier
 from gateway.routing.decide import Decision, RoutingRequest, decide
 from gateway.routing.features import estimate_tokens
-from gateway.routing.policy import Policy
+from hybrid_common.protocol import ChatMessage, Tier, message_text
 
 
 class FittedView(Protocol):

@@ -1,7 +1,7 @@
 """The learned complexity classifier: a small linear model over cheap features, pure Python.
 
 The weights come from ``scripts/train_classifier.py`` as a versioned JSON file
-(``models/complexity-v1.json`` by default). Inference needs neither numpy nor scikit-learn:
+(``models/complexity-v2.json`` by default). Inference needs neither numpy nor scikit-learn:
 standardise the dense features, take a dot product, add the weights of the vocabulary
 words present, and map the raw number onto its training percentile, so the score is in
 [0, 1] and ``cloud_above: 0.7`` sends about 30 % of training-like traffic to the cloud.
@@ -14,11 +14,10 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from gateway.protocol import ChatMessage
 from gateway.routing.classifier import Complexity
 from gateway.routing.features import (
     FEATURE_NAMES,
@@ -29,8 +28,10 @@ from gateway.routing.features import (
     extract_features,
 )
 from gateway.routing.tasks import TaskType, open_ended_task
+from hybrid_common.protocol import ChatMessage
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "complexity-v1.json"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL_PATH = MODELS_DIR / "complexity-v2.json"
 MODEL_FORMAT = "gateway.complexity-model/1"
 MAX_SIGNALS = 4
 _LENGTH = "length"
@@ -56,29 +57,45 @@ class LinearComplexityModel:
     vocabulary: Mapping[str, float]
     knots: tuple[float, ...]
     """Raw scores at the training percentiles 0, 1, ..., 100 (any count >= 2 works)."""
+    _terms: tuple[tuple[int, str, float, float, float, float, float], ...] = field(
+        init=False, repr=False, compare=False
+    )
+    """(index, signal key, low, high, mean, inverse std, weight) of each feature with a
+    weight, in feature order: what :meth:`contributions` reads per request, prepared once."""
+
+    def __post_init__(self) -> None:
+        terms = tuple(
+            (j, _LENGTH if name in LENGTH_FEATURES else name, low, high, mean, inv, w)
+            for j, (name, low, high, mean, inv, w) in enumerate(
+                zip(
+                    FEATURE_NAMES,
+                    self.lows,
+                    self.highs,
+                    self.means,
+                    self.inverse_stds,
+                    self.weights,
+                    strict=True,
+                )
+            )
+            if w
+        )
+        object.__setattr__(self, "_terms", terms)
 
     def contributions(self, features: Features) -> dict[str, float]:
         """Each feature's push away from the training average (length views summed)."""
         out: dict[str, float] = {}
-        for name, x, low, high, mean, inv, w in zip(
-            FEATURE_NAMES,
-            features.values,
-            self.lows,
-            self.highs,
-            self.means,
-            self.inverse_stds,
-            self.weights,
-            strict=True,
-        ):
-            if w and x == x:  # x != x only for NaN: the feature does not apply, adds nothing
-                key = _LENGTH if name in LENGTH_FEATURES else name
+        values = features.values
+        for j, key, low, high, mean, inv, w in self._terms:
+            x = values[j]
+            if x == x:  # x != x only for NaN: the feature does not apply, adds nothing
                 clipped = low if x < low else high if x > high else x
                 out[key] = out.get(key, 0.0) + w * (clipped - mean) * inv
         vocabulary = self.vocabulary
-        # Hundreds of small word weights explain nothing one by one: they are one signal.
-        # fsum: exact, so independent of the set's iteration order, which follows string
-        # hashing and changes between processes (PYTHONHASHSEED): same request, same score.
-        out[_WORDING] = math.fsum(vocabulary.get(word, 0.0) for word in features.words)
+        if vocabulary:
+            # Hundreds of small word weights explain nothing one by one: they are one signal.
+            # fsum: exact, so independent of the set's iteration order, which follows string
+            # hashing and changes between processes (PYTHONHASHSEED): same request, same score.
+            out[_WORDING] = math.fsum(vocabulary.get(word, 0.0) for word in features.words)
         return out
 
     def raw(self, features: Features) -> float:
@@ -137,16 +154,12 @@ def _signals(
 ) -> tuple[str, ...]:
     """Words for the strongest pushes in the direction the score went, strongest first."""
     sign = 1.0 if towards_cloud else -1.0
-    pushes = sorted(
-        ((sign * v, k) for k, v in parts.items() if sign * v > 0),
-        key=lambda item: (-item[0], item[1]),
-    )
+    # Strongest first, ties by name: (-push, key) tuples in their natural order.
+    pushes = sorted([(-(sign * v), k) for k, v in parts.items() if sign * v > 0])
     words: list[str] = []
     for _, key in pushes[:MAX_SIGNALS]:
         if key == _LENGTH:
-            approx = "" if features.prompt_tokens_exact else "~"
-            unit = "token" if features.prompt_tokens == 1 else "tokens"
-            words.append(f"{approx}{features.prompt_tokens} {unit}")
+            words.append(_length_words(features))
         elif key in FEATURE_SIGNALS:
             j = _INDEX[key]
             more, less = FEATURE_SIGNALS[key]
@@ -155,6 +168,18 @@ def _signals(
             words.append(key)
     # Two features can share a word ("numbers"): keep the first, strongest mention.
     return tuple(dict.fromkeys(words))
+
+
+def _length_words(features: Features) -> str:
+    """The size the length push is about: the prompt's, or in a conversation the last user
+    message's (the length features read it, not the history: "~2058 tokens" as the reason
+    for keeping a long chat at the edge would say the opposite of what was judged)."""
+    if features.last_user_tokens is None:
+        tokens, exact, prefix = features.prompt_tokens, features.prompt_tokens_exact, ""
+    else:
+        tokens, exact, prefix = features.last_user_tokens, features.last_user_exact, "last turn "
+    unit = "token" if tokens == 1 else "tokens"
+    return f"{prefix}{'' if exact else '~'}{tokens} {unit}"
 
 
 _INDEX = {name: j for j, name in enumerate(FEATURE_NAMES)}
@@ -185,7 +210,7 @@ def parse_model(doc: object, *, source: str) -> LinearComplexityModel:
     if doc.get("feature_set_version") != FEATURE_SET_VERSION:
         raise fail(
             f"trained on feature set {doc.get('feature_set_version')!r}, this gateway computes "
-            f"feature set {FEATURE_SET_VERSION}: retrain with scripts/train_classifier.py"
+            f"feature set {FEATURE_SET_VERSION}: retrain with python -m gateway train"
         )
     version = doc.get("version")
     if not isinstance(version, str) or not version:
@@ -252,8 +277,17 @@ def load_model(path: Path) -> LinearComplexityModel:
     return parse_model(doc, source=str(path))
 
 
+def shipped_model_path(name: str) -> Path:
+    """The weights file shipped as version ``name``; ModelFileError names the ones there are."""
+    path = MODELS_DIR / f"{name}.json"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in MODELS_DIR.glob("*.json")))
+        raise ModelFileError(f"no shipped weights named {name!r} (shipped: {shipped})")
+    return path
+
+
 def load_learned_classifier(model_path: Path | None = None) -> LearnedClassifier:
-    """The classifier for a weights file; None means the shipped ``complexity-v1``.
+    """The classifier for a weights file; None means the shipped default (complexity-v2).
 
     Raises ``OSError`` when the file cannot be read and :class:`ModelFileError` (a
     ``ValueError``) when it is not a usable model, which the policy loader reports.
@@ -270,4 +304,5 @@ __all__ = [
     "load_learned_classifier",
     "load_model",
     "parse_model",
+    "shipped_model_path",
 ]

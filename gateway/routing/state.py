@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from gateway.protocol import Tier
+from gateway.policy.errors import PolicyError
+from gateway.policy.file import MAX_WEIGHTS_BYTES, check_file
+from gateway.policy.model import NodeSpec, Policy
+from gateway.policy.parse import load_policy
 from gateway.routing.classifier import Classifier, build_classifier
-from gateway.routing.policy import NodeSpec, Policy, PolicyError, load_policy
-from gateway.routing.policy_file import MAX_WEIGHTS_BYTES, check_file
+from hybrid_common.protocol import Tier
 
 log = logging.getLogger("gateway.policy")
 
@@ -48,12 +50,13 @@ def load_routing_state(
     try:
         if spec.model_path is not None:
             check_file(spec.model_path, max_bytes=MAX_WEIGHTS_BYTES)  # not /dev/zero
-        classifier = build_classifier(spec.kind, spec.model_path)
+        classifier = build_classifier(spec.kind, spec.model_path, spec.model_name)
     except (OSError, ValueError, KeyError) as exc:  # PolicyError from check_file included
+        named = spec.model_path is not None or spec.model_name is not None
         raise PolicyError(
             f"cannot load classifier weights: {exc}",
-            key="routing.classifier",
-            line=None,
+            key="routing.classifier.model" if named else "routing.classifier",
+            line=spec.line,
             source=str(path),
         ) from exc
     return RoutingState(policy=policy, classifier=classifier, loaded_at=time.time())

@@ -5,15 +5,14 @@ What each tier is sent of the conversation (fitted into its window) is
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from gateway.protocol import ChatCompletionRequest, ChatMessage, Tier
-from gateway.routing.policy import Policy
+from gateway.policy.model import Policy
 from gateway.sessions.history import Merged
 from gateway.sessions.keys import SessionRef
+from hybrid_common.protocol import ChatCompletionRequest, ChatMessage, Tier
 
 SESSION_WARNING_HEADER: Final = "x-gateway-session-warning"
 CONTEXT_DROPPED_HEADER: Final = "x-gateway-context-dropped"
@@ -62,14 +61,15 @@ class Conversation:
             headers[SESSION_WARNING_HEADER] = self.warning
         return headers
 
-    async def record_completion(self, payload: bytes, tier: Tier) -> None:
-        """Store the turn from a non-streamed answer (nothing if it has no finished reply)."""
-        reply, model = reply_of_completion(payload)
+    async def record_completion(self, body: dict[str, object] | None, tier: Tier) -> None:
+        """Store the turn from a non-streamed answer's parsed body (nothing if it has no
+        finished reply)."""
+        reply, model = reply_of_completion(body)
         if reply is not None:
             await self.record_reply(reply, tier, model)
 
     async def record_stream(self, text: str, tier: Tier, model: str | None) -> None:
-        """Store the turn from a streamed answer, whose text the relay assembled."""
+        """Store the turn from a streamed answer's text (its record's)."""
         await self.record_reply({"role": "assistant", "content": text}, tier, model)
 
     async def record_reply(self, reply: ChatMessage, tier: Tier, model: str | None) -> None:
@@ -77,15 +77,14 @@ class Conversation:
             await self.recorder(self, reply, tier, model)
 
 
-def reply_of_completion(payload: bytes) -> tuple[ChatMessage | None, str | None]:
+def reply_of_completion(
+    parsed: dict[str, object] | None,
+) -> tuple[ChatMessage | None, str | None]:
     """The assistant message of a chat.completion body and the model that wrote it."""
-    try:
-        parsed = json.loads(payload)
-    except ValueError:
+    if parsed is None:
         return None, None
-    if not isinstance(parsed, dict):
-        return None, None
-    model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
+    named = parsed.get("model")
+    model = named if isinstance(named, str) else None
     choices = parsed.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None, model

@@ -16,8 +16,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.protocol import ChatMessage, message_text
-from gateway.routing.tokens import count_tokens
+from gateway.tokens import count_tokens
+from hybrid_common.protocol import ChatMessage, message_text
 
 REPLY_PRIMING_TOKENS = 3
 """Tokens a chat template adds to open the assistant's reply."""

@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.protocol import ChatMessage
 from gateway.sessions.turns import identity
+from hybrid_common.protocol import ChatMessage
 
 SYSTEM_ROLES = frozenset({"system", "developer"})
 

@@ -4,7 +4,7 @@ The rules (README "Answer budget", docs/sessions.md "Context fitting"):
 
 - A tier's **reserve** is the request's ``max_tokens`` (else ``max_completion_tokens``)
   when the client sets one, else the tier's ``default_max_tokens``
-  (:func:`~gateway.routing.answer_budget.default_max_tokens`).
+  (:func:`~gateway.policy.answer_budget.default_max_tokens`).
 - **With a session** the gateway owns the context: the conversation is fitted into the
   tier's window less the reserve (:func:`~gateway.sessions.fitting.fit`, oldest turns
   first). **Without one** the client owns it: the messages go as they are, only measured.
@@ -29,12 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.protocol import TIERS, ChatCompletionRequest, ChatMessage, Tier
-from gateway.routing.answer_budget import default_max_tokens
-from gateway.routing.policy import Policy
-from gateway.routing.tokens import count_tokens
+from gateway.policy.answer_budget import default_max_tokens
+from gateway.policy.model import Policy
 from gateway.sessions.fitting import Budget, fit, measure, message_tokens
 from gateway.sessions.history import split_system
+from gateway.tokens import count_tokens
+from hybrid_common.protocol import TIERS, ChatCompletionRequest, ChatMessage, Tier
 
 WARNING_HEADER: Final = "x-gateway-warning"
 BELOW_RESERVE: Final = "answer-budget-below-reserve"

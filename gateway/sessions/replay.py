@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.metrics import GatewayMetrics
-from gateway.routing.policy import SessionsSpec
+from gateway.policy.model import SessionsSpec
 from gateway.sessions.spool import PendingAppend, Spool
 from gateway.sessions.store import AppendOutcome, SessionStore, StoreRejected, StoreUnavailable
 

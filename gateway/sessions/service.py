@@ -22,8 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Final, TypedDict
 
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, ChatMessage, Tier
-from gateway.routing.policy import Policy, SessionsSpec
+from gateway.policy.model import Policy, SessionsSpec
 from gateway.sessions.conversation import Conversation, SessionWarning
 from gateway.sessions.errors import SessionNotFound, SessionsDisabled, SessionStoreUnavailable
 from gateway.sessions.history import merge
@@ -40,6 +39,7 @@ from gateway.sessions.store import (
 )
 from gateway.sessions.turns import StoredTurn, content_digest, messages_of, public, turn_of
 from gateway.telemetry import Tracing, disabled_tracing
+from hybrid_common.protocol import ChatCompletionRequest, ChatMessage, Tier
 
 log = logging.getLogger("gateway.sessions")
 

@@ -27,11 +27,10 @@ from typing import Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
+from gateway.redis_client import close_client, redis_client
 from gateway.sessions.keys import SessionRef, generation_key, request_key, turns_key
 from gateway.sessions.turns import StoredTurn, decode_all, encode
 
@@ -139,33 +138,14 @@ class SessionStore:
         redis-py's own retries are off: a retried call would blow the per-call deadline,
         and a failed append is not lost anyway (it goes to the spool).
         """
-        no_retry = Retry(NoBackoff(), 0)
-        if cluster:
-            return cls(
-                RedisCluster.from_url(
-                    url,
-                    max_connections=MAX_CONNECTIONS,
-                    socket_timeout=_SOCKET_TIMEOUT_S,
-                    socket_connect_timeout=_SOCKET_TIMEOUT_S,
-                    retry=no_retry,
-                )
+        return cls(
+            redis_client(
+                url, cluster=cluster, max_connections=MAX_CONNECTIONS, timeout_s=_SOCKET_TIMEOUT_S
             )
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=_SOCKET_TIMEOUT_S,
-            socket_timeout=_SOCKET_TIMEOUT_S,
-            socket_connect_timeout=_SOCKET_TIMEOUT_S,
-            retry=no_retry,
         )
-        return cls(aioredis.Redis(connection_pool=pool))
 
     async def aclose(self) -> None:
-        if isinstance(self._client, RedisCluster):
-            await self._client.aclose()
-        else:
-            await self._client.aclose()
-            await self._client.connection_pool.disconnect()
+        await close_client(self._client)
 
     async def ping(self, *, timeout_s: float) -> None:
         async with _deadline("ping", timeout_s):

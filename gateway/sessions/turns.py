@@ -13,8 +13,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Final, Required, TypedDict, cast
 
-from gateway.protocol import ChatMessage, ContentPart, message_text
 from gateway.text import replace_surrogates, scrub_surrogates
+from hybrid_common.protocol import ChatMessage, ContentPart, message_text
 
 log = logging.getLogger("gateway.sessions")
 

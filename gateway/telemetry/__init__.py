@@ -2,8 +2,9 @@
 spans the gateway's own concepts become.
 
 Tracing is on when ``OTEL_TRACES_EXPORTER`` names ``otlp``, ``console`` (OpenTelemetry's
-JSON) or ``console-tree`` (one line per span, as a tree: :mod:`.console_tree`) (``otlp`` is
-the default as soon as an OTLP endpoint is set) and ``OTEL_SDK_DISABLED`` is not true.
+JSON) or ``console-tree`` (one line per span, as a tree: :mod:`hybrid_common.console_tree`)
+(``otlp`` is the default as soon as an OTLP endpoint is set) and ``OTEL_SDK_DISABLED`` is
+not true; the variables are read by :mod:`hybrid_common.otel`, as the edge node's are.
 Spans leave over OTLP/HTTP (protobuf) through a batch processor, off the request path,
 and are flushed when the app stops. With tracing off, :class:`Tracing` holds
 OpenTelemetry's no-op tracer and every helper here returns at its first line: no span

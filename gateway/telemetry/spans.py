@@ -8,11 +8,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from gateway.protocol import Usage, message_text
-from gateway.telemetry.propagation import extract_context, inject_context
+from gateway.telemetry.propagation import inject_context
+from hybrid_common import otel
+from hybrid_common.protocol import Usage, message_text
 
 if TYPE_CHECKING:
     from gateway.routing.decide import Decision
@@ -277,12 +278,5 @@ def server_span(
     attributes: Mapping[str, AttributeValue],
 ) -> Iterator[Span]:
     """The request's SERVER span, continuing the caller's ``traceparent``, made current."""
-    with tracing.tracer.start_as_current_span(
-        name,
-        context=extract_context(headers),
-        kind=SpanKind.SERVER,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
+    with otel.server_span(tracing.tracer, name, headers=headers, attributes=attributes) as span:
         yield span

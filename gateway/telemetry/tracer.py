@@ -8,15 +8,12 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from gateway.telemetry.config import TracingConfig, build_sampler
-from gateway.telemetry.console_tree import TreeConsoleSpanExporter
 from gateway.telemetry.spans import NO_ATTEMPT, PROVIDER_BY_TIER, AttemptSpan
+from hybrid_common.otel import TracerHandle, TracingConfig, build_provider
 
 log = logging.getLogger("gateway.telemetry")
 
@@ -27,25 +24,10 @@ _NO_SPAN: contextlib.nullcontext[Span] = contextlib.nullcontext(trace.INVALID_SP
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Tracing:
+class Tracing(TracerHandle):
     """The app's tracer and, when tracing is on, the provider to flush at shutdown."""
 
-    tracer: trace.Tracer
-    provider: TracerProvider | None = None
     capture_content: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.provider is not None
-
-    def shutdown(self) -> None:
-        """Export what is buffered and stop the exporter (blocking: run it in a thread)."""
-        if self.provider is not None:
-            self.provider.shutdown()
-
-    def force_flush(self) -> None:
-        if self.provider is not None:
-            self.provider.force_flush()
 
     def span(
         self, name: str, *, kind: SpanKind = SpanKind.INTERNAL
@@ -108,28 +90,7 @@ def build_tracing(config: TracingConfig, *, processor: SpanProcessor | None = No
     pass a SimpleSpanProcessor over an in-memory exporter) and turns tracing on."""
     if not config.enabled and processor is None:
         return disabled_tracing()
-    resource = Resource.create(
-        {**dict(config.resource_attributes), "service.name": config.service_name}
-    )
-    provider = TracerProvider(resource=resource, sampler=build_sampler(config))
-    if processor is not None:
-        provider.add_span_processor(processor)
-    else:
-        if "otlp" in config.exporters:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            # Headers, timeout, compression and certificates: the exporter reads its own
-            # OTEL_EXPORTER_OTLP_* variables.
-            provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=config.otlp_endpoint))
-            )
-        if "console" in config.exporters:
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        if "console-tree" in config.exporters:
-            # Read by a person at a terminal: printed within half a second, not five.
-            provider.add_span_processor(
-                BatchSpanProcessor(TreeConsoleSpanExporter(), schedule_delay_millis=500)
-            )
+    provider = build_provider(config, processor=processor)
     log.info(
         "tracing on: service %s, exporters %s, sampler %s",
         config.service_name,

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.protocol import Usage
-from gateway.upstream.chunks import Chunk, choices_of, delta_of, parse_chunk
-from gateway.upstream.sse import DONE
+from gateway.upstream.answer_record import AnswerRecord
+from gateway.upstream.chunks import Chunk, choices_of
+from gateway.upstream.spec_fields import complete_spec_fields
 
-_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+UNKNOWN_MODEL = "unknown"
+"""``model`` of an answer whose chunks never named one (the schema requires a string)."""
+
+_OTHER_TEXT_FIELDS = ("reasoning_content", "reasoning", "refusal")
+_ALL_TEXT_FIELDS = ("content", *_OTHER_TEXT_FIELDS)
+_PLAIN_DELTA = frozenset({"role", "content"})
 
 
 @dataclass(slots=True)
@@ -24,45 +29,41 @@ class _Choice:
     finish_reason: str | None = None
 
 
-@dataclass(slots=True)
 class CompletionBuilder:
-    """Feed it the payloads of one answer with :meth:`add`; :meth:`build` the body."""
+    """Feed it the chunks of one answer with :meth:`add`; :meth:`build` the body.
 
-    id: str | None = None
-    created: int | None = None
-    system_fingerprint: str | None = None
-    choices: dict[int, _Choice] = field(default_factory=dict)
+    What the answer's record holds already (its text, id, model, usage) is read from
+    ``record``, not kept again; only the rest (tool calls, reasoning, logprobs, finish
+    reasons, further choices) is gathered here.
+    """
 
-    def add(self, data: bytes) -> None:
-        if data == DONE:
-            return
-        chunk = parse_chunk(data)
-        if chunk is None:
-            return  # never happens: the Answer only passes parsed chunks on
-        self._add(chunk)
+    __slots__ = ("choices", "record", "system_fingerprint")
 
-    def _add(self, chunk: Chunk) -> None:
-        if self.id is None and isinstance(chunk.get("id"), str):
-            self.id = str(chunk["id"])
-        created = chunk.get("created")
-        if self.created is None and isinstance(created, int):
-            self.created = created
+    def __init__(self, record: AnswerRecord) -> None:
+        self.record = record
+        self.system_fingerprint: str | None = None
+        self.choices: dict[int, _Choice] = {}
+
+    def add(self, chunk: Chunk) -> None:
         fingerprint = chunk.get("system_fingerprint")
         if isinstance(fingerprint, str):
             self.system_fingerprint = fingerprint
         for raw in choices_of(chunk):
             index = raw.get("index", 0)
-            choice = self.choices.setdefault(index if isinstance(index, int) else 0, _Choice())
-            delta = delta_of(raw)
-            for name in _TEXT_FIELDS:
-                value = delta.get(name)
-                if isinstance(value, str) and value:
-                    choice.text.setdefault(name, []).append(value)
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list):
-                for call in calls:
-                    if isinstance(call, dict):
-                        _merge_tool_call(choice.tool_calls, call)
+            index = index if isinstance(index, int) else 0
+            if index == 0 and not raw.get("logprobs"):
+                delta = raw.get("delta")
+                if not delta or (isinstance(delta, dict) and _PLAIN_DELTA.issuperset(delta)):
+                    continue  # text and finish reason only: the record has both
+            choice = self.choices.get(index)
+            if choice is None:
+                choice = self.choices[index] = _Choice()
+            delta = raw.get("delta")
+            if isinstance(delta, dict) and delta:
+                if index != 0:
+                    _add_delta(choice, delta, _ALL_TEXT_FIELDS)
+                elif not _PLAIN_DELTA.issuperset(delta):  # the record has the text
+                    _add_delta(choice, delta, _OTHER_TEXT_FIELDS)
             logprobs = raw.get("logprobs")
             if isinstance(logprobs, dict):
                 for name, items in logprobs.items():
@@ -71,13 +72,22 @@ class CompletionBuilder:
             if raw.get("finish_reason"):
                 choice.finish_reason = str(raw["finish_reason"])
 
-    def build(self, *, model: str | None, usage: Usage | None) -> dict[str, object]:
-        """The ``chat.completion`` body; ``model`` and ``usage`` are the whole answer's."""
+    def build(self) -> dict[str, object]:
+        """The ``chat.completion`` body, complete as OpenAI's schema requires (see
+        :mod:`gateway.upstream.spec_fields`); ``model`` and ``usage`` are the whole answer's."""
+        record = self.record
+        model = record.model
         choices: list[dict[str, object]] = []
-        for index in sorted(self.choices):
-            choice = self.choices[index]
+        indexes = {0, *self.choices} if record.attempts else set(self.choices)
+        for index in sorted(indexes):
+            choice = self.choices.get(index) or _Choice()
+            finish_reason = choice.finish_reason
+            if index == 0:  # its text and finish reason are the record's
+                content = record.content
+                finish_reason = finish_reason or record.finish_reason
+            else:
+                content = "".join(choice.text.get("content", []))
             message: dict[str, object] = {"role": "assistant"}
-            content = "".join(choice.text.get("content", []))
             message["content"] = content if content or not choice.tool_calls else None
             for name in ("reasoning_content", "reasoning", "refusal"):
                 if name in choice.text:
@@ -89,21 +99,36 @@ class CompletionBuilder:
                     "index": index,
                     "message": message,
                     "logprobs": dict(choice.logprobs) if choice.logprobs else None,
-                    "finish_reason": choice.finish_reason,
+                    "finish_reason": finish_reason,
                 }
             )
-        body: dict[str, object] = {
-            "id": self.id or "chatcmpl-gateway",
-            "object": "chat.completion",
-            "created": self.created or 0,
-            "model": model,
-            "choices": choices,
-        }
+        body: dict[str, object] = {} if record.id is None else {"id": record.id}
+        body["object"] = "chat.completion"
+        if record.created is not None:
+            body["created"] = record.created
+        if model is not None:
+            body["model"] = model
+        body["choices"] = choices
+        usage = record.total_usage()
         if usage is not None:
             body["usage"] = usage
         if self.system_fingerprint is not None:
             body["system_fingerprint"] = self.system_fingerprint
+        # Only an upstream that names no model in any chunk leaves ``model`` unknown.
+        complete_spec_fields(body, model=model or UNKNOWN_MODEL)
         return body
+
+
+def _add_delta(choice: _Choice, delta: dict[str, object], fields: tuple[str, ...]) -> None:
+    for name in fields:
+        value = delta.get(name)
+        if isinstance(value, str) and value:
+            choice.text.setdefault(name, []).append(value)
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict):
+                _merge_tool_call(choice.tool_calls, call)
 
 
 def _merge_tool_call(calls: dict[int, dict[str, object]], delta: dict[str, object]) -> None:

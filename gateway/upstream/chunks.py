@@ -1,22 +1,32 @@
-"""Reading ``chat.completion.chunk`` payloads: what an answer has said so far.
+"""Reading ``chat.completion.chunk`` payloads.
 
-The gateway parses every upstream event once here to know where the answer stands:
-its text (for a continuation elsewhere), whether it finished, its usage, and whether
-it carries anything a continuation could not reproduce (tool calls, several choices).
+Every upstream event is parsed exactly once, here, into an :class:`Event`: the chunk as
+a JSON object and the bytes to pass on. Everything downstream (the answer record, the
+client relay, the non-stream assembler, continuation) reads the parsed chunk.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import cast
+from typing import NamedTuple, cast
 
-from gateway.protocol import Usage
-from gateway.text import may_hold_surrogates, scrub_surrogates
+import orjson
+
+from gateway.jsonio import dumps
+from gateway.text import scrub_surrogates
+from hybrid_common.protocol import Usage
 
 Chunk = dict[str, object]
 
-_OUTPUT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+OUTPUT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+"""Delta fields that carry part of the answer's text."""
+
+
+class Event(NamedTuple):
+    """One upstream event: the chunk, and the payload that carries it unchanged."""
+
+    chunk: Chunk
+    data: bytes
 
 
 def parse_chunk(data: bytes) -> Chunk | None:
@@ -29,18 +39,35 @@ def parse_chunk(data: bytes) -> Chunk | None:
     return None if event is None else event[0]
 
 
-def parse_event(data: bytes) -> tuple[Chunk, bytes] | None:
+def parse_event(data: bytes) -> Event | None:
     """:func:`parse_chunk`, and the payload to pass on: ``data`` itself, or the repaired
     chunk re-encoded when its text had to be repaired."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # orjson refuses lone surrogates (and NaN, deep nesting, ...); the standard
+        # parser takes what JSON allows, and the text is repaired below.
+        return _parse_leniently(data)
+    if not isinstance(parsed, dict):
+        return None
+    return Event(cast(Chunk, parsed), data)  # orjson's strings are valid UTF-8 already
+
+
+def _parse_leniently(data: bytes) -> Event | None:
     try:
         parsed = json.loads(data)
     except (ValueError, RecursionError):
         return None
     if not isinstance(parsed, dict):
         return None
-    if may_hold_surrogates(data) and scrub_surrogates(parsed):
-        data = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
-    return cast(Chunk, parsed), data
+    if scrub_surrogates(parsed):
+        data = dump_chunk(parsed)
+    return Event(cast(Chunk, parsed), data)
+
+
+def dump_chunk(chunk: Chunk) -> bytes:
+    """A chunk the gateway changed, as compact UTF-8 JSON."""
+    return dumps(chunk)
 
 
 def choices_of(chunk: Chunk) -> list[dict[str, object]]:
@@ -65,7 +92,7 @@ def has_output(chunk: Chunk) -> bool:
         if choice.get("finish_reason"):
             return True
         delta = delta_of(choice)
-        if delta.get("tool_calls") or any(delta.get(name) for name in _OUTPUT_FIELDS):
+        if delta.get("tool_calls") or any(delta.get(name) for name in OUTPUT_FIELDS):
             return True
     return False
 
@@ -95,73 +122,14 @@ def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
     }
 
 
-@dataclass(slots=True)
-class AnswerState:
-    """What one upstream attempt's chunks said, updated chunk by chunk."""
-
-    id: str | None = None
-    created: int | None = None
-    model: str | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    output_chunks: int = 0
-    """Chunks that carried text: one token each on vLLM and llama.cpp, which is how the
-    gateway estimates the completion tokens of an attempt that never reported usage."""
-    tool_calls: bool = False
-    other_output: bool = False
-    """Reasoning or refusal deltas: output that a text continuation cannot carry on."""
-    other_choices: bool = False
-    text: list[str] = field(default_factory=list)
-    choices_seen: set[int] = field(default_factory=set)
-    choices_finished: set[int] = field(default_factory=set)
-
-    def observe(self, chunk: Chunk) -> None:
-        if self.id is None and isinstance(chunk.get("id"), str):
-            self.id = cast(str, chunk["id"])
-        if self.created is None and isinstance(chunk.get("created"), int):
-            self.created = cast(int, chunk["created"])
-        if isinstance(chunk.get("model"), str):
-            self.model = cast(str, chunk["model"])
-        usage = usage_of(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        for choice in choices_of(chunk):
-            index = choice.get("index", 0)
-            index = index if isinstance(index, int) else 0
-            self.choices_seen.add(index)
-            if index != 0:
-                self.other_choices = True
-            delta = delta_of(choice)
-            content = delta.get("content")
-            other = any(delta.get(name) for name in _OUTPUT_FIELDS if name != "content")
-            if isinstance(content, str) and content:
-                self.text.append(content)
-            if (isinstance(content, str) and content) or other:
-                self.output_chunks += 1
-            if other:
-                self.other_output = True
-            if delta.get("tool_calls"):
-                self.tool_calls = True
-            if choice.get("finish_reason"):
-                self.finish_reason = str(choice["finish_reason"])
-                self.choices_finished.add(index)
-
-    @property
-    def partial_text(self) -> str:
-        return "".join(self.text)
-
-    @property
-    def finished(self) -> bool:
-        """Every choice that appeared has its finish reason (with n > 1, one is not enough)."""
-        return bool(self.choices_finished) and self.choices_seen <= self.choices_finished
-
-
 __all__ = [
-    "AnswerState",
+    "OUTPUT_FIELDS",
     "Chunk",
+    "Event",
     "add_usage",
     "choices_of",
     "delta_of",
+    "dump_chunk",
     "has_output",
     "parse_chunk",
     "parse_event",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,13 +24,13 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from gateway.protocol import ErrorBody, error_body
-from gateway.routing.policy import Timeouts
+from gateway.policy.fallback import Timeouts
 from gateway.telemetry import NO_ATTEMPT, AttemptSpan
-from gateway.upstream.chunks import has_output, parse_chunk
+from gateway.upstream.chunks import Event, has_output, parse_event
 from gateway.upstream.pool import Node
 from gateway.upstream.retry import parse_retry_after
-from gateway.upstream.sse import DONE, iter_sse_data
+from gateway.upstream.sse import DONE, SseReader
+from hybrid_common.protocol import ErrorBody, error_body
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -40,36 +40,98 @@ class UpstreamStream:
     """An open streaming response whose first token has already arrived.
 
     ``head`` holds the events up to and including the first one that carries output
-    (a role-only opening chunk comes before it); ``rest`` yields the others.
+    (a role-only opening chunk comes before it), already parsed; :meth:`next_data`
+    reads the others' payloads.
     """
 
-    head: tuple[bytes, ...]
-    rest: AsyncIterator[bytes]
+    node: Node
+    head: tuple[Event, ...]
+    events: SseReader
     response: aiohttp.ClientResponse
     attempt: AttemptSpan = NO_ATTEMPT
     """This attempt's span; whoever reads the stream records how it ended."""
 
+    def buffered(self) -> bool:
+        """Whether :meth:`next_data` returns without waiting for the node."""
+        return self.events.buffered()
+
+    def next_nowait(self) -> bytes:
+        """The next event's payload, which :meth:`buffered` said has arrived."""
+        return self.events.next_nowait()
+
+    async def next_data(self, *, deadline: float | None = None) -> bytes | None:
+        """The next event's payload (``DONE`` included); None at the end of the body.
+        Raises :class:`UpstreamError` when the transport fails or the node stalls, and
+        :class:`~gateway.upstream.sse.DeadlineReached` at ``deadline`` (event-loop time)."""
+        try:
+            return await self.events.next(deadline=deadline)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise translated(self.node, "stream", exc) from exc
+
     def close(self) -> None:
-        self.response.close()
+        """Stop reading: mid-answer, only closing the connection stops the node."""
+        if self.response.content.at_eof():
+            self.response.release()  # the whole body was read: the connection is reusable
+        else:
+            self.response.close()
         self.attempt.end()  # a backstop: ending an ended span does nothing
+
+    def finish(self) -> None:
+        """The answer is whole: keep the connection for the next request once the node
+        has sent the rest of the body (``[DONE]`` and its end), which is read in the
+        background for at most :data:`DRAIN_S`. A new connection per request costs the
+        node and the gateway far more than reading a few bytes."""
+        self.attempt.end()
+        if self.response.content.at_eof():
+            self.response.release()
+            return
+        task = asyncio.get_running_loop().create_task(_drain(self.response))
+        _DRAINING.add(task)  # a task nothing refers to may be collected before it runs
+        task.add_done_callback(_DRAINING.discard)
+
+
+DRAIN_S = 0.25
+"""How long a finished answer's remaining bytes may take before its connection is closed
+instead (a node that sends its usage but holds the body open)."""
+
+_DRAINING: set[asyncio.Task[None]] = set()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while await response.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        response.close()
+        return
+    except asyncio.CancelledError:  # the gateway is stopping
+        response.close()
+        raise
+    response.release()
 
 
 @contextmanager
 def translate_errors(node: Node, phase: str) -> Iterator[None]:
     """Turn transport failures of ``phase`` on ``node`` into :class:`UpstreamError`."""
-    where = f"{node.tier} node {node.name} ({phase})"
     try:
         yield
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"{where}: timed out") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamConnectError(f"{where}: cannot connect: {exc.os_error}") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise UpstreamConnectionReset(f"{where}: connection lost: {exc}") from exc
-    except aiohttp.ClientPayloadError as exc:  # a chunked body cut off mid-way
-        raise UpstreamConnectionReset(f"{where}: connection lost: {exc}") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamProtocolError(f"{where}: {type(exc).__name__}: {exc}") from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise translated(node, phase, exc) from exc
+
+
+def translated(node: Node, phase: str, exc: TimeoutError | aiohttp.ClientError) -> UpstreamError:
+    """The gateway's error for a transport failure of ``phase`` on ``node``."""
+    where = f"{node.tier} node {node.name} ({phase})"
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"{where}: timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(f"{where}: cannot connect: {exc.os_error}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return UpstreamConnectionReset(f"{where}: connection lost: {exc}")
+    if isinstance(exc, aiohttp.ClientPayloadError):  # a chunked body cut off mid-way
+        return UpstreamConnectionReset(f"{where}: connection lost: {exc}")
+    return UpstreamProtocolError(f"{where}: {type(exc).__name__}: {exc}")
 
 
 async def post_chat(
@@ -118,7 +180,7 @@ async def open_stream(
     if deadline is not None:
         first_token_at = min(first_token_at, deadline)
     response: aiohttp.ClientResponse | None = None
-    head: list[bytes] = []
+    head: list[Event] = []
     try:
         with translate_errors(node, "first token"):
             async with asyncio.timeout_at(first_token_at):
@@ -133,35 +195,26 @@ async def open_stream(
                         f"{node.tier} node {node.name}: expected an event stream, got "
                         f"{response.headers.get('Content-Type')!r}"
                     )
-                events = iter_sse_data(response.content, idle_s=timeouts.idle_s)
+                events = SseReader(response.content, idle_s=timeouts.idle_s)
                 while True:
-                    event = await anext(events, None)
-                    if event is None or event == DONE:
+                    data = await events.next()
+                    if data is None or data == DONE:
                         raise UpstreamProtocolError(
                             f"{node.tier} node {node.name}: the stream ended before the first token"
                         )
-                    chunk = parse_chunk(event)
-                    if chunk is None:
+                    event = parse_event(data)
+                    if event is None:
                         raise UpstreamProtocolError(
                             f"{node.tier} node {node.name}: malformed event before the first token"
                         )
                     head.append(event)
-                    if has_output(chunk):
+                    if has_output(event.chunk):
                         break
-        return UpstreamStream(head=tuple(head), rest=_guarded(node, events), response=response)
+        return UpstreamStream(node=node, head=tuple(head), events=events, response=response)
     except BaseException:
         if response is not None:
             response.close()
         raise
-
-
-async def _guarded(node: Node, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    while True:
-        with translate_errors(node, "stream"):
-            event = await anext(events, None)
-        if event is None:
-            return
-        yield event
 
 
 def raise_for_status(node: Node, status: int, payload: bytes, headers: Mapping[str, str]) -> None:

@@ -5,7 +5,6 @@ a failed node is first retried (and after how long) is :mod:`gateway.upstream.re
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,15 +20,16 @@ from gateway.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from gateway.jsonio import dumps
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, Tier
-from gateway.routing.capabilities import Capability
-from gateway.routing.policy import Policy
+from gateway.policy.capabilities import Capability
+from gateway.policy.model import Policy
 from gateway.telemetry import NO_ATTEMPT, AttemptSpan, Tracing, disabled_tracing
 from gateway.upstream import client
 from gateway.upstream.circuit import CircuitState
 from gateway.upstream.pool import Lease, Node, NodePool
 from gateway.upstream.retry import Jitter, same_node_delay
+from hybrid_common.protocol import ChatCompletionRequest, Tier
 
 T = TypeVar("T")
 
@@ -52,27 +52,39 @@ class Failure:
     skipped: bool = False
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, frozen=True)
 class AttemptPlan:
-    """What one request asks of the upstreams, and what happened on the way."""
+    """What one request asks of the upstreams. What happened on the way is the caller's
+    ``failures`` list, which every attempt appends to."""
 
     tier: Tier
     body: ChatCompletionRequest
     pinned_model: str | None = None
     session_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
-    failures: list[Failure] = field(default_factory=list)
     for_tier: Callable[[Tier, ChatCompletionRequest], ChatCompletionRequest] | None = None
     """Rewrites the body for the tier of the node about to be tried (session context
     fitting: each tier has its own window, so a fallback gets a body of its own)."""
     needs: frozenset[Capability] = frozenset()
     """Only nodes that support all of these are asked, on either tier."""
 
+    def with_body(self, body: ChatCompletionRequest, *, tier: Tier | None = None) -> AttemptPlan:
+        """This plan asking for ``body`` instead (on ``tier`` first, when given)."""
+        return AttemptPlan(
+            tier=self.tier if tier is None else tier,
+            body=body,
+            pinned_model=self.pinned_model,
+            session_key=self.session_key,
+            headers=self.headers,
+            for_tier=self.for_tier,
+            needs=self.needs,
+        )
+
     def encode_for(self, node: Node) -> bytes:
         """The client's body, unknown fields untouched, asking for the node's own model."""
         body = dict(self.body if self.for_tier is None else self.for_tier(node.tier, self.body))
         body["model"] = node.spec.model
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return dumps(body)
 
 
 class Forwarder:
@@ -95,10 +107,16 @@ class Forwarder:
         """Replaces the random backoff jitter (tests make it deterministic)."""
 
     async def complete(
-        self, policy: Policy, plan: AttemptPlan, *, deadline: float | None = None
+        self,
+        policy: Policy,
+        plan: AttemptPlan,
+        *,
+        failures: list[Failure],
+        deadline: float | None = None,
     ) -> tuple[Lease, bytes]:
         """Non-streaming answer from the first node that gives one, before ``deadline``
-        (event-loop time; default: the policy's total deadline from now)."""
+        (event-loop time; default: the policy's total deadline from now). Each failed
+        attempt and skipped node is appended to ``failures``."""
         timeouts = policy.fallback.timeouts
 
         async def call(node: Node, body: bytes, attempt: AttemptSpan) -> bytes:
@@ -114,13 +132,14 @@ class Forwarder:
             attempt.end()
             return payload
 
-        return await self._attempts(policy, plan, call, deadline=deadline)
+        return await self._attempts(policy, plan, call, failures=failures, deadline=deadline)
 
     async def stream(
         self,
         policy: Policy,
         plan: AttemptPlan,
         *,
+        failures: list[Failure],
         deadline: float | None = None,
         exclude: frozenset[str] = frozenset(),
         body_for: Callable[[Node], bytes] | None = None,
@@ -148,6 +167,7 @@ class Forwarder:
             policy,
             plan,
             call,
+            failures=failures,
             deadline=deadline,
             exclude=exclude,
             body_for=body_for,
@@ -160,6 +180,7 @@ class Forwarder:
         plan: AttemptPlan,
         call: Callable[[Node, bytes, AttemptSpan], Awaitable[T]],
         *,
+        failures: list[Failure],
         deadline: float | None = None,
         exclude: frozenset[str] = frozenset(),
         body_for: Callable[[Node], bytes] | None = None,
@@ -195,12 +216,12 @@ class Forwarder:
                     needs=plan.needs,
                 )
                 if acquired is None:
-                    self._skipped(plan, tiers[tier_index], frozenset(tried))
+                    self._skipped(plan, tiers[tier_index], frozenset(tried), failures)
                     tier_index += 1
                     continue
                 lease = acquired
-                if plan.failures:
-                    last = plan.failures[-1]
+                if failures:
+                    last = failures[-1]
                     self.metrics.fallbacks.labels(last.tier, lease.node.tier, last.reason).inc()
             node = lease.node
             tier = node.tier
@@ -233,7 +254,7 @@ class Forwarder:
                 else:
                     node.breaker.record_failure()
                 self.metrics.attempts.labels(tier, node.name, exc.kind).inc()
-                plan.failures.append(Failure(tier=tier, node=node.name, reason=exc.kind))
+                failures.append(Failure(tier=tier, node=node.name, reason=exc.kind))
                 last_error = exc
                 if exc.kind not in spec.on:
                     lease.release()
@@ -277,9 +298,7 @@ class Forwarder:
                     and policy.tiers[other].context_window > policy.tiers[tier].context_window
                 ):
                     # Not retried on this model: only the larger window can take it.
-                    plan.failures.append(
-                        Failure(tier=tier, node=node.name, reason="context_length")
-                    )
+                    failures.append(Failure(tier=tier, node=node.name, reason="context_length"))
                     tiers[tier_index + 1 :] = [other]
                     tier_index += 1
                     last_error = exc
@@ -296,7 +315,7 @@ class Forwarder:
             return lease, result
         if isinstance(last_error, UpstreamClientError):
             raise last_error
-        detail = "; ".join(f"{f.node}: {f.reason}" for f in plan.failures) or "no node available"
+        detail = "; ".join(f"{f.node}: {f.reason}" for f in failures) or "no node available"
         if loop.time() >= deadline:
             raise UpstreamTimeout(
                 f"The request's total deadline ({spec.timeouts.total_s:g} s) passed "
@@ -311,10 +330,12 @@ class Forwarder:
             retry_after_s=retry_after_s,
         ) from last_error
 
-    def _skipped(self, plan: AttemptPlan, tier: Tier, tried: frozenset[str]) -> None:
+    def _skipped(
+        self, plan: AttemptPlan, tier: Tier, tried: frozenset[str], failures: list[Failure]
+    ) -> None:
         """Name the nodes of ``tier`` that no attempt could be made on, and why."""
         for skip in self.pool.skips(tier, model=plan.pinned_model, exclude=tried, needs=plan.needs):
-            plan.failures.append(
+            failures.append(
                 Failure(tier=tier, node=skip.node or tier, reason=skip.reason, skipped=True)
             )
             self.metrics.node_skips.labels(tier, skip.node or "", skip.reason).inc()

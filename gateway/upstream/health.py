@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from gateway.routing.policy import HealthSpec
+from gateway.policy.model import HealthSpec
 from gateway.upstream.pool import Node, NodePool
 
 log = logging.getLogger("gateway.health")

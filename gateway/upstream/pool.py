@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.protocol import TIERS, Tier
-from gateway.routing.capabilities import Capability
-from gateway.routing.policy import HealthSpec, NodeSpec, Policy
+from gateway.policy.capabilities import Capability
+from gateway.policy.model import HealthSpec, NodeSpec, Policy
 from gateway.upstream.circuit import CircuitBreaker, CircuitState
+from hybrid_common.protocol import TIERS, Tier
 
 SkipReason = Literal["unhealthy", "circuit_open", "at_capacity", "no_nodes"]
 """Why a node (or a whole tier: ``no_nodes``) was passed over without being asked."""

@@ -31,7 +31,7 @@ from gateway.errors import (
     UpstreamRateLimited,
     UpstreamStatusError,
 )
-from gateway.routing.policy import FallbackSpec
+from gateway.policy.fallback import FallbackSpec
 
 Jitter = Callable[[], float]
 """A source of uniform numbers in [0, 1); tests pass a fixed one."""

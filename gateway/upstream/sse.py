@@ -1,35 +1,138 @@
-"""Reading server-sent events from an upstream, one ``data`` payload at a time."""
+"""Reading server-sent events from an upstream, one ``data`` payload at a time.
+
+The reader takes whatever bytes have arrived in one go and splits them into events
+itself: a node that sends twenty events in one TCP segment costs one read, not forty
+``readline`` calls each under its own timeout. :meth:`SseReader.buffered` tells whether
+the next event is already in, so a relay can pass several on in one write.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import collections
+import re
 
 import aiohttp
 
 DONE = b"[DONE]"
 
 
-async def iter_sse_data(content: aiohttp.StreamReader, *, idle_s: float) -> AsyncIterator[bytes]:
-    """Yield each event's ``data`` (multi-line data joined by newlines), ``DONE`` included.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+"""The longest event a node may send (a token per event is a few hundred bytes)."""
 
-    Comments, ``event:``/``id:`` fields and blank keep-alives are skipped. Each wait for the
-    next line is bounded by ``idle_s``; :class:`TimeoutError` means the stream stalled.
+_EVENT_END = re.compile(rb"\n\r?\n")
+"""Where an event may end (LF LF, or CRLF CRLF whose CR was already dropped or not)."""
+
+
+class EventTooLarge(aiohttp.ClientError):
+    """A node sent more than :data:`MAX_EVENT_BYTES` without ending an event."""
+
+
+class DeadlineReached(Exception):
+    """The caller's deadline passed while waiting (not the stream's fault)."""
+
+
+class SseReader:
+    """The ``data`` of each event (multi-line data joined by newlines), ``DONE`` included.
+
+    Comments, ``event:``/``id:`` fields and blank keep-alives are skipped. Each wait for
+    more bytes is bounded by ``idle_s``: :class:`TimeoutError` means the stream stalled.
+    Transport errors are aiohttp's; the caller translates them.
     """
-    data: list[bytes] = []
-    while True:
-        async with asyncio.timeout(idle_s):
-            line = await content.readline()
-        if not line:  # end of stream
-            if data:
-                yield b"\n".join(data)
+
+    def __init__(self, content: aiohttp.StreamReader, *, idle_s: float) -> None:
+        self._content = content
+        self._idle_s = idle_s
+        self._events: collections.deque[bytes] = collections.deque()
+        self._tail = b""
+        """Bytes of an event whose closing blank line has not arrived yet..."""
+        self._pieces: list[bytes] = []
+        """...and the blocks after it, still without one: joined once one ends the event."""
+        self._pending = 0
+        """The bytes in the tail and the pieces."""
+        self._ended = False
+
+    def buffered(self) -> bool:
+        """Whether the next event has arrived already (:meth:`next` will not wait)."""
+        return bool(self._events)
+
+    def next_nowait(self) -> bytes:
+        """The next event's data, which :meth:`buffered` said has arrived."""
+        return self._events.popleft()
+
+    async def next(self, *, deadline: float | None = None) -> bytes | None:
+        """The next event's data; None at the end of the stream. A wait that reaches
+        ``deadline`` (event-loop time) before ``idle_s`` raises :class:`DeadlineReached`."""
+        while not self._events:
+            if self._ended:
+                return None
+            block = self._content.read_nowait()
+            if not block and not self._content.at_eof():
+                block = await self._wait(deadline)
+            if block:
+                self._feed(block)
+            else:
+                self._end()
+        return self._events.popleft()
+
+    async def _wait(self, deadline: float | None) -> bytes:
+        # One timer for both bounds: the sooner of the idle deadline and the caller's.
+        idle_at = asyncio.get_running_loop().time() + self._idle_s
+        if deadline is None or idle_at < deadline:
+            async with asyncio.timeout_at(idle_at):
+                return await self._content.readany()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._content.readany()
+        except TimeoutError:
+            raise DeadlineReached from None
+
+    def _feed(self, block: bytes) -> None:
+        last = self._pieces[-1] if self._pieces else self._tail
+        if last and _EVENT_END.search(last[-3:] + block) is None:
+            # Still inside one (long) event: keep the block, and search each byte once.
+            self._pieces.append(block)
+            self._pending += len(block)
+            self._check_size()
             return
-        line = line.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield b"\n".join(data)
-                data = []
-            continue
-        if line.startswith(b"data:"):
-            payload = line[5:]
-            data.append(payload[1:] if payload.startswith(b" ") else payload)
+        text = b"".join((self._tail, *self._pieces, block))
+        self._pieces = []
+        if b"\r" in text:
+            # CRLF line ends; a CR split from its LF stays in the tail until the LF comes.
+            text = text.replace(b"\r\n", b"\n")
+        events = text.split(b"\n\n")
+        self._tail = events.pop()
+        self._pending = len(self._tail)
+        self._check_size()
+        for event in events:
+            self._event(event)
+
+    def _check_size(self) -> None:
+        if self._pending > MAX_EVENT_BYTES:
+            raise EventTooLarge(
+                f"an event longer than {MAX_EVENT_BYTES} bytes (no blank line ends it)"
+            )
+
+    def _event(self, raw: bytes) -> None:
+        """One event's lines (its closing blank line removed)."""
+        if raw.startswith(b"data: ") and b"\n" not in raw:
+            self._events.append(raw[6:])  # nearly every event: one data line
+            return
+        data = [
+            line[6:] if line.startswith(b"data: ") else line[5:]
+            for line in raw.split(b"\n")
+            if line.startswith(b"data:")
+        ]
+        if data:
+            self._events.append(b"\n".join(data))
+
+    def _end(self) -> None:
+        """The body ended: what was read of a last event without its blank line counts."""
+        if self._tail:
+            tail = b"".join((self._tail, *self._pieces))
+            self._event(tail.rstrip(b"\r\n"))
+            self._tail, self._pieces, self._pending = b"", [], 0
+        self._ended = True
+
+
+__all__ = ["DONE", "MAX_EVENT_BYTES", "DeadlineReached", "EventTooLarge", "SseReader"]

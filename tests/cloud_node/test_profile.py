@@ -131,6 +131,13 @@ INVALID: list[tuple[str, str, str]] = [
         "p.yaml:4: tool_strict_level: needs tool_call_parser",
     ),
     ("yaml-syntax", "version: 1\nbuild: [cpu\n", "p.yaml: invalid YAML"),
+    # Read with the gateway's bounded, line-numbered loader (hybrid_common/yaml_lines.py).
+    (
+        "yaml-recursive-alias",
+        BASE + "env: &e {A: *e}\n",
+        "p.yaml: invalid YAML at line 4: an alias refers to its own anchor",
+    ),
+    ("yaml-control-character", BASE + "host: a\x07b\n", "p.yaml: invalid YAML at line 4: control"),
 ]  # fmt: skip
 
 

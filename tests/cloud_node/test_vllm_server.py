@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import urllib.request
 
-import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.upstream.vllm_load import parse_vllm_metrics
 from tests.fixtures.vllm import VllmNode
+from tests.helpers import sdk
 
 pytestmark = pytest.mark.vllm
 
@@ -18,19 +18,14 @@ QUESTION: list[ChatCompletionMessageParam] = [
 ]
 
 
-def _client(node: VllmNode) -> openai.AsyncOpenAI:
-    # The development profiles set no API key; the SDK insists on some value.
-    return openai.AsyncOpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0)
-
-
 async def test_models_lists_the_served_name(vllm_node: VllmNode) -> None:
-    async with _client(vllm_node) as client:
+    async with sdk(vllm_node) as client:
         models = await client.models.list()
     assert [model.id for model in models.data] == [vllm_node.model]
 
 
 async def test_non_streaming_answer(vllm_node: VllmNode) -> None:
-    async with _client(vllm_node) as client:
+    async with sdk(vllm_node) as client:
         reply = await client.chat.completions.create(
             model=vllm_node.model, messages=QUESTION, max_tokens=16, temperature=0
         )
@@ -47,7 +42,7 @@ async def test_streaming_answer_with_usage(vllm_node: VllmNode) -> None:
     pieces: list[str] = []
     finish_reasons: list[str] = []
     usage_tokens: list[int] = []
-    async with _client(vllm_node) as client:
+    async with sdk(vllm_node) as client:
         stream = await client.chat.completions.create(
             model=vllm_node.model,
             messages=QUESTION,

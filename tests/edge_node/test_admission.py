@@ -1,4 +1,7 @@
-"""Admission, disconnects and loading, on in-process nodes with the real model."""
+"""Admission, disconnects and loading, on in-process nodes with the real model.
+
+The queueing tests run the one-at-a-time engine (``parallel=1``); test_batching.py has
+their counterparts for the batching engine."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ async def open_stream(http: aiohttp.ClientSession, node: InProcessNode) -> aioht
 async def test_requests_beyond_the_queue_get_503_at_once(
     start_node: NodeFactory, http: aiohttp.ClientSession
 ) -> None:
-    node = await start_node(max_queue=1, retry_after_s=2)
+    node = await start_node(parallel=1, max_queue=1, retry_after_s=2)
     running = await open_stream(http, node)
     queued = asyncio.create_task(
         http.post(f"{node.url}/v1/chat/completions", json=chat_body(max_tokens=3))
@@ -61,7 +64,7 @@ async def test_requests_beyond_the_queue_get_503_at_once(
 async def test_disconnect_stops_generation_and_frees_the_slot(
     start_node: NodeFactory, http: aiohttp.ClientSession
 ) -> None:
-    node = await start_node(max_queue=0)  # one request at a time
+    node = await start_node(parallel=1, max_queue=0)  # one request at a time
     running = await open_stream(http, node)
     async with http.post(f"{node.url}/v1/chat/completions", json=chat_body()) as response:
         assert response.status == 503  # the slot is taken
@@ -79,7 +82,7 @@ async def test_disconnect_stops_generation_and_frees_the_slot(
 async def test_disconnect_while_queued_frees_the_slot_at_once(
     start_node: NodeFactory, http: aiohttp.ClientSession
 ) -> None:
-    node = await start_node(max_queue=1)
+    node = await start_node(parallel=1, max_queue=1)
     running = await open_stream(http, node)
     waiting = asyncio.create_task(http.post(f"{node.url}/v1/chat/completions", json=endless_body()))
     await node.wait_for_metric("edge_queue_depth", 1)

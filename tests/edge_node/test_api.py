@@ -114,7 +114,11 @@ async def test_models_and_health(edge_node: EdgeNodeProcess) -> None:
     assert listing["object"] == "list"
     [card] = listing["data"]
     assert (card["id"], card["object"], card["max_model_len"]) == (edge_node.model, "model", 2048)
-    assert health == (200, {"status": "ok", "model": edge_node.model})
+    status, body = health
+    assert (status, body["status"], body["model"]) == (200, "ok", edge_node.model)
+    assert (body["engine"], body["parallel"], body["capacity"]) == ("batched", 4, 4 + 8)
+    assert body["kv_cells"]["total"] == 4 * 2048
+    assert body["memory"]["resident_bytes"] > 0
 
 
 async def test_unknown_model_is_404(client: openai.AsyncOpenAI) -> None:

@@ -71,9 +71,22 @@ def test_nan_logits_fail_with_the_reason(nan_model: Path) -> None:
 
 def test_an_error_raised_by_llama_cpp_is_the_reason(model_path: Path) -> None:
     # A context too small for the check's prompt: llama_decode itself refuses.
-    model = load_model(_settings(model_path, n_ctx=16, n_batch=16))
+    model = load_model(_settings(model_path, n_ctx=16, n_batch=16, parallel=1))
     try:
         with pytest.raises(SelfCheckFailed, match="generation raised"):
+            run_self_check(model)
+    finally:
+        model.close()
+
+
+def test_a_window_too_small_for_the_check_fails_it_in_the_batching_engine(
+    model_path: Path,
+) -> None:
+    # The batching engine's context is larger than one sequence's window: the check
+    # must still refuse a window that cannot hold its prompt.
+    model = load_model(_settings(model_path, n_ctx=16, parallel=2))
+    try:
+        with pytest.raises(SelfCheckFailed, match="context window of 16 tokens"):
             run_self_check(model)
     finally:
         model.close()

@@ -19,10 +19,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from edge_node.app import create_app
 from edge_node.settings import Settings, parse_settings
-from edge_node.tracing import EdgeTracing, build_tracing, tracing_config_from_env
-from edge_node.tracing import TracingConfig as EdgeTracingConfig
-from gateway.telemetry import TracingConfig
+from edge_node.tracing import SERVICE_NAME, EdgeTracing, build_tracing, tracing_config_from_env
 from gateway.telemetry import build_tracing as build_gateway_tracing
+from gateway.telemetry.config import SERVICE_NAME as GATEWAY_SERVICE_NAME
+from hybrid_common.otel import TracingConfig
 from tests.conftest import policy_yaml
 from tests.edge_node.conftest import InProcessNode, chat_body
 from tests.fixtures.edge import EDGE_TEST_N_THREADS
@@ -53,7 +53,9 @@ async def traced_node(
         settings = Settings(
             model_path=model_path, n_ctx=2048, n_threads=EDGE_TEST_N_THREADS, **overrides
         )  # type: ignore[arg-type]
-        tracing = build_tracing(EdgeTracingConfig(), processor=SimpleSpanProcessor(exporter))
+        tracing = build_tracing(
+            TracingConfig(service_name=SERVICE_NAME), processor=SimpleSpanProcessor(exporter)
+        )
         app = create_app(settings, tracing=tracing)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
@@ -141,7 +143,7 @@ async def test_phases_are_children_of_the_request_span_under_the_given_tracepare
 async def test_a_queued_request_waits_for_the_one_generating(
     traced_node, exporter: InMemorySpanExporter, http: aiohttp.ClientSession
 ) -> None:
-    node = await traced_node(exporter)
+    node = await traced_node(exporter, parallel=1)  # one at a time: the second queues
     first = asyncio.create_task(_post(http, node.url, chat_body(max_tokens=24, ignore_eos=True)))
     await node.wait_for_metric("edge_requests_in_flight", 1)  # the first one is admitted
     await node.wait_for_metric("edge_queue_depth", 0)  # ...and taken by the worker
@@ -187,7 +189,7 @@ async def test_one_trace_spans_gateway_and_edge_node(
 ) -> None:
     node = await traced_node(exporter)
     gateway_tracing = build_gateway_tracing(
-        TracingConfig(), processor=SimpleSpanProcessor(exporter)
+        TracingConfig(service_name=GATEWAY_SERVICE_NAME), processor=SimpleSpanProcessor(exporter)
     )
     gateway = await make_gateway(
         policy_yaml([(node.url, node.settings.served_model_name)], []),

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from edge_node.generation import TextAssembler
+from edge_node.memory import resident_memory
 from edge_node.prompt_cache import PromptCache, SavedState, common_prefix
-from edge_node.settings import Settings, default_model_path, parse_settings
+from edge_node.settings import Settings, default_kv_cells, default_model_path, parse_settings
 
 # -- settings ------------------------------------------------------------------------
 
@@ -27,7 +28,7 @@ def test_defaults_from_empty_argv_and_environment() -> None:
         "smollm2-135m-instruct",
     )
     assert settings.accepted_model_names == {"smollm2-135m-instruct", "edge"}
-    assert settings.capacity == 1 + settings.max_queue
+    assert settings.capacity == settings.parallel + settings.max_queue
 
 
 def test_environment_then_command_line(tmp_path: Path) -> None:
@@ -67,6 +68,62 @@ def test_bad_settings_exit_with_usage_error(argv: list[str], env: dict[str, str]
 def test_settings_validate_on_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_batch"):
         Settings(model_path=tmp_path, n_batch=0)
+
+
+def test_batching_options_from_environment_and_command_line(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    env = {"EDGE_NODE_PARALLEL": "4", "EDGE_NODE_KV_CELLS": "8192", "EDGE_NODE_MAX_QUEUE": "2"}
+    argv = ["--model", str(model), "--prefill-chunk", "64", "--kv-unified", "true"]
+    settings = parse_settings(argv, env)
+    assert (settings.parallel, settings.kv_cells, settings.prefill_chunk) == (4, 8192, 64)
+    assert settings.kv_unified
+    assert settings.batching and settings.capacity == 4 + 2
+    assert settings.kv_cells_for(2048) == 8192
+    serial = parse_settings(["--model", str(model), "--parallel", "1"], {})
+    assert not serial.batching and serial.capacity == 1 + serial.max_queue
+
+
+@pytest.mark.parametrize(
+    ("window", "parallel", "cells"),
+    [(2048, 8, 4096), (2048, 16, 8192), (2048, 2, 2048), (256, 8, 512), (8192, 1, 8192)],
+)
+def test_default_shared_pool_is_a_quarter_window_per_sequence_and_at_least_one_window(
+    window: int, parallel: int, cells: int
+) -> None:
+    assert default_kv_cells(window, parallel, unified=True) == cells
+
+
+def test_default_streams_give_every_sequence_a_whole_window() -> None:
+    assert default_kv_cells(2048, 8) == 8 * 2048
+    settings = Settings(model_path=Path("m.gguf"), parallel=4)
+    assert settings.kv_cells_for(1024) == 4096
+    shared = Settings(model_path=Path("m.gguf"), parallel=4, kv_unified=True)
+    assert shared.kv_cells_for(1024) == 1024
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"parallel": 0}, "parallel"),
+        ({"prefill_chunk": 0}, "prefill_chunk"),
+        ({"n_ctx": 2048, "kv_cells": 1024}, "kv_cells"),
+    ],
+)
+def test_bad_batching_settings_are_refused(
+    tmp_path: Path, fields: dict[str, int], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings(model_path=tmp_path, **fields)  # type: ignore[arg-type]
+
+
+def test_resident_memory_is_read_from_proc_status(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n")
+    memory = resident_memory(status)
+    assert memory is not None
+    assert (memory.current_bytes, memory.peak_bytes) == (1024 * 1024, 2048 * 1024)
+    assert resident_memory(tmp_path / "missing") is None
 
 
 # -- text assembly -------------------------------------------------------------------

@@ -34,6 +34,13 @@ async def gateway(upstreams, make_gateway):
 
 
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
+HI = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]'
+"""A valid body without its closing brace, for bodies Python's json cannot write."""
+
+
+def chat(**fields: object) -> dict[str, object]:
+    """A valid request (``model`` auto, one message) with ``fields`` added or replaced."""
+    return {"model": "auto", "messages": OK_MESSAGES, **fields}
 
 
 @pytest.mark.parametrize(
@@ -44,83 +51,84 @@ OK_MESSAGES = [{"role": "user", "content": "hi"}]
         (b"[1, 2]", 400, "invalid_request", None),
         (b'"text"', 400, "invalid_request", None),
         (json.dumps({"model": "auto"}).encode(), 400, "invalid_request", "messages"),
-        (json.dumps({"messages": []}).encode(), 400, "invalid_request", "messages"),
-        (json.dumps({"messages": "hi"}).encode(), 400, "invalid_request", "messages"),
-        (json.dumps({"messages": ["hi"]}).encode(), 400, "invalid_request", "messages[0]"),
+        # OpenAI's API requires a model; the policy may name a default (routing.default_model).
+        (json.dumps({"messages": OK_MESSAGES}).encode(), 400, "invalid_request", "model"),
+        (json.dumps(chat(model=None)).encode(), 400, "invalid_request", "model"),
+        (json.dumps(chat(messages=[])).encode(), 400, "invalid_request", "messages"),
+        (json.dumps(chat(messages="hi")).encode(), 400, "invalid_request", "messages"),
+        (json.dumps(chat(messages=["hi"])).encode(), 400, "invalid_request", "messages[0]"),
         (
-            json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(),
+            json.dumps(chat(messages=[{"role": "wizard", "content": "x"}])).encode(),
             400,
             "invalid_request",
             "messages[0].role",
         ),
         (
-            json.dumps({"messages": [{"role": "user"}]}).encode(),
+            json.dumps(chat(messages=[{"role": "user"}])).encode(),
             400,
             "invalid_request",
             "messages[0].content",
         ),
         (
-            json.dumps({"messages": [{"role": "user", "content": 42}]}).encode(),
+            json.dumps(chat(messages=[{"role": "user", "content": 42}])).encode(),
             400,
             "invalid_request",
             "messages[0].content",
         ),
         (
             json.dumps(
-                {"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]}
+                chat(messages=[{"role": "user", "content": [{"type": "text", "text": 1}]}])
             ).encode(),
             400,
             "invalid_request",
             "messages[0].content[0].text",
         ),
         (
-            json.dumps({"messages": OK_MESSAGES, "model": 7}).encode(),
+            json.dumps(chat(model=7)).encode(),
             400,
             "invalid_request",
             "model",
         ),
         (
-            json.dumps({"messages": OK_MESSAGES, "stream": "yes"}).encode(),
+            json.dumps(chat(stream="yes")).encode(),
             400,
             "invalid_request",
             "stream",
         ),
         (
-            json.dumps({"messages": OK_MESSAGES, "max_tokens": -5}).encode(),
+            json.dumps(chat(max_tokens=-5)).encode(),
             400,
             "invalid_request",
             "max_tokens",
         ),
         (
-            json.dumps({"messages": OK_MESSAGES, "max_tokens": True}).encode(),
+            json.dumps(chat(max_tokens=True)).encode(),
             400,
             "invalid_request",
             "max_tokens",
         ),
         (
-            json.dumps({"messages": OK_MESSAGES, "temperature": 9}).encode(),
+            json.dumps(chat(temperature=9)).encode(),
             400,
             "invalid_request",
             "temperature",
         ),
         (
-            json.dumps(
-                {"messages": OK_MESSAGES, "stream_options": {"include_usage": "y"}}
-            ).encode(),
+            json.dumps(chat(stream_options={"include_usage": "y"})).encode(),
             400,
             "invalid_request",
             "stream_options.include_usage",
         ),
-        (json.dumps({"messages": OK_MESSAGES, "user": 5}).encode(), 400, "invalid_request", "user"),
+        (json.dumps(chat(user=5)).encode(), 400, "invalid_request", "user"),
         (
-            json.dumps({"messages": OK_MESSAGES, "model": "gpt-42"}).encode(),
+            json.dumps(chat(model="gpt-42")).encode(),
             404,
             "model_not_found",
             "model",
         ),
         (b"[" * 100000 + b"]" * 100000, 413, "request_too_large", None),
         (
-            json.dumps({"messages": [{"role": "user", "content": "x" * 5000}]}).encode(),
+            json.dumps(chat(messages=[{"role": "user", "content": "x" * 5000}])).encode(),
             413,
             "request_too_large",
             None,
@@ -197,7 +205,7 @@ async def test_bad_tier_header_is_400(gateway) -> None:
         aiohttp.ClientSession() as session,
         session.post(
             gateway.url + "/v1/chat/completions",
-            json={"messages": OK_MESSAGES},
+            json=chat(),
             headers={"x-gateway-tier": "moon"},
         ) as response,
     ):
@@ -226,7 +234,9 @@ async def test_multipart_content_and_assistant_tool_calls_are_accepted(gateway) 
     ]
     async with (
         aiohttp.ClientSession() as session,
-        session.post(gateway.url + "/v1/chat/completions", json={"messages": messages}) as response,
+        session.post(
+            gateway.url + "/v1/chat/completions", json=chat(messages=messages)
+        ) as response,
     ):
         assert response.status == 200
 
@@ -241,25 +251,21 @@ def raw_bytes(body: dict[str, object]) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
-def chat(**fields: object) -> dict[str, object]:
-    return {"messages": OK_MESSAGES, **fields}
-
-
 LONE = "a\ud800b"
 TOOL = {"type": "function", "function": {"name": LONE, "parameters": {"type": "object"}}}
 
 UNENCODABLE = [
-    ({"messages": [{"role": "user", "content": LONE}]}, "messages[0].content"),
+    (chat(messages=[{"role": "user", "content": LONE}]), "messages[0].content"),
     (
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": LONE}]}]},
+        chat(messages=[{"role": "user", "content": [{"type": "text", "text": LONE}]}]),
         "messages[0].content[0].text",
     ),
     (
-        {"messages": [{"role": "user", "content": [{"type": LONE, "image_url": {"url": "x"}}]}]},
+        chat(messages=[{"role": "user", "content": [{"type": LONE, "image_url": {"url": "x"}}]}]),
         "messages[0].content[0].type",
     ),
-    ({"messages": [{"role": "user", "content": "hi", "name": LONE}]}, "messages[0].name"),
-    ({"messages": [{"role": LONE, "content": "hi"}]}, "messages[0].role"),
+    (chat(messages=[{"role": "user", "content": "hi", "name": LONE}]), "messages[0].name"),
+    (chat(messages=[{"role": LONE, "content": "hi"}]), "messages[0].role"),
     (chat(stop=LONE), "stop"),
     (chat(stop=["fine", LONE]), "stop[1]"),
     (chat(user=LONE), "user"),
@@ -295,12 +301,12 @@ def nested(depth: int, field: str = "metadata") -> bytes:
     ("body", "param"),
     [
         # The 500s found by the fuzzer: an unhashable role, a 401-digit integer, depth ~965.
-        (escaped({"messages": [{"role": ["user"], "content": "hi"}]}), "messages[0].role"),
-        (escaped({"messages": [{"role": {"a": 1}, "content": "hi"}]}), "messages[0].role"),
-        (escaped({"messages": [{"role": 7, "content": "hi"}]}), "messages[0].role"),
-        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1' + b"0" * 400 + b"}",
+        (escaped(chat(messages=[{"role": ["user"], "content": "hi"}])), "messages[0].role"),
+        (escaped(chat(messages=[{"role": {"a": 1}, "content": "hi"}])), "messages[0].role"),
+        (escaped(chat(messages=[{"role": 7, "content": "hi"}])), "messages[0].role"),
+        (HI + b', "max_tokens": 1' + b"0" * 400 + b"}",
          "max_tokens"),
-        (b'{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1'
+        (HI + b', "max_completion_tokens": 1'
          + b"0" * 400 + b"}", "max_completion_tokens"),
         (escaped(chat(max_tokens=2**31)), "max_tokens"),
         (escaped(chat(max_completion_tokens=2**63)), "max_completion_tokens"),
@@ -310,9 +316,9 @@ def nested(depth: int, field: str = "metadata") -> bytes:
         (nested(66), "metadata" + "[0]" * 63),
         (escaped(chat(tools=[{"function": {"parameters": {"items": json.loads(nested(64))}}}])),
          "tools[0].function.parameters.items.metadata" + "[0]" * 58),
-        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "temperature"),
-        (b'{"messages": [{"role": "user", "content": "hi"}], "seed": Infinity}', "seed"),
-        (b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 1e999}}',
+        (HI + b', "temperature": NaN}', "temperature"),
+        (HI + b', "seed": Infinity}', "seed"),
+        (HI + b', "logit_bias": {"1": 1e999}}',
          "logit_bias.1"),
     ],
 )  # fmt: skip
@@ -332,7 +338,7 @@ async def test_values_the_gateway_cannot_carry_are_a_400_naming_the_param(
         nested(64),  # as deep as allowed
         escaped(chat(max_tokens=2**31 - 1)),
         escaped(chat(n=128)),
-        escaped({"messages": [{"role": "user", "content": "emoji \U0001f600 and \u00e9"}]}),
+        escaped(chat(messages=[{"role": "user", "content": "emoji \U0001f600 and \u00e9"}])),
     ],
     ids=["depth-64", "max-tokens-limit", "n-limit", "valid-pair"],
 )
@@ -400,7 +406,7 @@ async def test_a_node_reply_utf8_cannot_encode_is_repaired(
         health_checks=False,
         redis_url=redis_server.url,
     )
-    body: dict[str, object] = {"messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, object] = chat()
     if mode == "stream":
         body["stream"] = True
     if mode == "plain":

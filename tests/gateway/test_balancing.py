@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import openai
-
-from gateway.routing.policy import parse_policy
-from gateway.state import STATE
+from gateway.policy.parse import parse_policy
+from gateway.state import POOL
 from gateway.upstream.pool import NodePool
-from tests.conftest import policy_yaml
+from tests.helpers import eventually, policy_yaml, sdk
 
 
 def vllm_metrics(waiting: float, running: float, kv: float) -> str:
@@ -30,16 +26,15 @@ async def test_cloud_requests_prefer_the_replica_vllm_reports_less_loaded(upstre
     busy.metrics_text = vllm_metrics(waiting=6, running=16, kv=0.9)
     idle.metrics_text = vllm_metrics(waiting=0, running=1, kv=0.1)
     gateway = await make_gateway(
-        policy_yaml([], [(busy.url, "cloud-model"), (idle.url, "cloud-model")]).replace(
-            "  open_s: 0.5\n", "  open_s: 0.5\n  load_interval_s: 0.1\n"
+        policy_yaml(
+            [],
+            [(busy.url, "cloud-model"), (idle.url, "cloud-model")],
+            health={"load_interval_s": 0.1},
         )
     )
-    pool = gateway.app[STATE].pool
-    for _ in range(100):
-        if all(n.load_score > 0 for n in pool.nodes("cloud")):
-            break
-        await asyncio.sleep(0.05)
-    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0) as c:
+    pool = gateway.app[POOL]
+    await eventually(lambda: all(n.load_score > 0 for n in pool.nodes("cloud")), what="loads read")
+    async with sdk(gateway) as c:
         for _ in range(6):
             await c.chat.completions.create(model="cloud", messages=HARD)
     assert (busy.calls, idle.calls) == (0, 6)
@@ -47,8 +42,9 @@ async def test_cloud_requests_prefer_the_replica_vllm_reports_less_loaded(upstre
     # The load flips: new requests follow it within a polling interval or two.
     busy.metrics_text = vllm_metrics(waiting=0, running=0, kv=0.0)
     idle.metrics_text = vllm_metrics(waiting=9, running=20, kv=0.95)
-    await asyncio.sleep(0.5)
-    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0) as c:
+    first, second = pool.nodes("cloud")
+    await eventually(lambda: first.load_score < second.load_score, 1.0, "the flip read")
+    async with sdk(gateway) as c:
         for _ in range(4):
             await c.chat.completions.create(model="cloud", messages=HARD)
     assert busy.calls == 4

@@ -7,7 +7,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.conftest import policy_yaml
+from tests.conftest import TwoTiers, TwoTiersFactory
+from tests.helpers import policy_yaml, sdk
 from tests.scripted import unused_port
 
 SIMPLE = [{"role": "user", "content": "What's the weather in Paris?"}]
@@ -25,22 +26,15 @@ WEATHER = {
 }
 
 
-def sdk(gateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-
-
 @pytest.fixture
-async def two_tiers(upstreams, make_gateway):
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
-    return edge, cloud, gateway
+async def tiers(two_tiers: TwoTiersFactory) -> TwoTiers:
+    """The shared two-tier setup, started as it is."""
+    return await two_tiers()
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_simple_tool_call_goes_to_the_tier_that_serves_tools(two_tiers, stream) -> None:
-    edge, cloud, gateway = two_tiers
+async def test_a_simple_tool_call_goes_to_the_tier_that_serves_tools(tiers, stream) -> None:
+    edge, cloud, gateway = tiers
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(
             model="auto", messages=SIMPLE, tools=[WEATHER], tool_choice="required", stream=stream
@@ -55,8 +49,8 @@ async def test_a_simple_tool_call_goes_to_the_tier_that_serves_tools(two_tiers, 
     assert cloud.seen[0].body["tool_choice"] == "required"
 
 
-async def test_tool_choice_auto_served_nowhere_is_a_400_before_any_node(two_tiers) -> None:
-    edge, cloud, gateway = two_tiers
+async def test_tool_choice_auto_served_nowhere_is_a_400_before_any_node(tiers) -> None:
+    edge, cloud, gateway = tiers
     async with sdk(gateway) as client:
         with pytest.raises(openai.BadRequestError) as info:
             await client.chat.completions.create(model="auto", messages=SIMPLE, tools=[WEATHER])
@@ -69,8 +63,8 @@ async def test_tool_choice_auto_served_nowhere_is_a_400_before_any_node(two_tier
 @pytest.mark.parametrize(
     ("model", "headers"), [("edge", {}), ("edge-model", {}), ("auto", {"x-gateway-tier": "edge"})]
 )
-async def test_a_tools_request_pinned_to_the_edge_is_refused(two_tiers, model, headers) -> None:
-    edge, cloud, gateway = two_tiers
+async def test_a_tools_request_pinned_to_the_edge_is_refused(tiers, model, headers) -> None:
+    edge, cloud, gateway = tiers
     async with sdk(gateway) as client:
         with pytest.raises(openai.BadRequestError) as info:
             await client.chat.completions.create(
@@ -116,10 +110,10 @@ async def test_capabilities_come_from_the_policy_per_node(upstreams, make_gatewa
     )
     policy = policy_yaml(
         [(edge.url, "edge-model")],
-        [(plain_cloud.url, "cloud-model"), (vision.url, "vision-model")],
-    ).replace(
-        'model: "vision-model", name: cloud-2}',
-        'model: "vision-model", name: cloud-2, supports: [images, tools]}',
+        [
+            (plain_cloud.url, "cloud-model"),
+            {"url": vision.url, "model": "vision-model", "supports": ["images", "tools"]},
+        ],
     )
     gateway = await make_gateway(policy, health_checks=False)
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
@@ -138,15 +132,9 @@ async def test_capabilities_come_from_the_policy_per_node(upstreams, make_gatewa
     assert (edge.calls, plain_cloud.calls, vision.calls) == (0, 0, 4)
 
 
-async def test_a_has_tools_rule_decides_the_tier_and_says_so(upstreams, make_gateway) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    policy = policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]).replace(
-        "  allow_pinning: true\n",
-        "  allow_pinning: true\n"
-        "  rules:\n"
-        "    - {when: {has_tools: true}, tier: cloud, reason: agents}\n",
-    )
-    gateway = await make_gateway(policy, health_checks=False)
+async def test_a_has_tools_rule_decides_the_tier_and_says_so(two_tiers: TwoTiersFactory) -> None:
+    agents = {"when": {"has_tools": True}, "tier": "cloud", "reason": "agents"}
+    edge, cloud, gateway = await two_tiers(routing={"rules": [agents]})
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(
             model="auto", messages=SIMPLE, tools=[WEATHER], tool_choice="required"

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import policy_yaml
+from tests.conftest import TwoTiers, TwoTiersFactory
+from tests.helpers import eventually_value, policy_yaml, scrape_metrics, sdk
 
 SIMPLE = [{"role": "user", "content": "hi"}]
 HARD = [{"role": "user", "content": "Prove step by step that the integral of 2x is x^2 = C"}]
 
 
 @pytest.fixture
-async def two_tiers(upstreams, make_gateway):
-    edge = await upstreams("edge-model")
-    cloud = await upstreams("cloud-model")
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")], cloud_above=0.3)
-    )
-    return edge, cloud, gateway
-
-
-def sdk(gateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+async def two_tiers(two_tiers: TwoTiersFactory) -> TwoTiers:
+    """This module's setup, started: a low cloud threshold, health checks on."""
+    return await two_tiers(cloud_above=0.3, health_checks=True)
 
 
 async def test_non_streaming_simple_request_goes_to_the_edge(two_tiers) -> None:
@@ -81,8 +74,13 @@ async def test_streaming_include_usage_is_honoured(two_tiers) -> None:
 
 async def test_stream_is_relayed_as_it_arrives_not_buffered(upstreams, make_gateway) -> None:
     edge = await upstreams("edge-model")
-    edge.script.chunk_delay_s = 0.3
+    edge.script.chunk_delay_s = 0.3  # five chunks 0.3 s apart: 1.5 s from first to last
     gateway = await make_gateway(policy_yaml([(edge.url, "edge-model")], []))
+    loop = asyncio.get_running_loop()
+    arrivals: list[tuple[float, bytes]] = []  # (seconds since the request, data line)
+    # The clock starts before the request: the headers go out only once the first chunk is
+    # in, so a clock started at the headers would not see an answer held back until then.
+    started = loop.time()
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -91,15 +89,15 @@ async def test_stream_is_relayed_as_it_arrives_not_buffered(upstreams, make_gate
         ) as response,
     ):
         assert response.headers["Content-Type"].startswith("text/event-stream")
-        loop = __import__("asyncio").get_running_loop()
-        start = loop.time()
-        first = await response.content.readline()
-        first_at = loop.time() - start
-        rest = await response.read()
-    assert first.startswith(b"data: ")
-    # Five chunks 0.3 s apart: the first must arrive long before the last.
-    assert first_at < 0.5
-    assert rest.rstrip().endswith(b"data: [DONE]")
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                arrivals.append((loop.time() - started, line.rstrip()))
+    assert len(arrivals) == 7  # five with text, the finish reason, [DONE]
+    assert arrivals[-1][1] == b"data: [DONE]"
+    (first_at, _), (last_at, _) = arrivals[0], arrivals[-1]
+    # Relayed as it comes, the answer reaches the client as spread out as the upstream
+    # wrote it; a gateway that buffered it would hand it over all at once.
+    assert last_at - first_at > 1.0, arrivals
 
 
 async def test_unknown_fields_pass_through_untouched(two_tiers) -> None:
@@ -108,7 +106,12 @@ async def test_unknown_fields_pass_through_untouched(two_tiers) -> None:
         aiohttp.ClientSession() as session,
         session.post(
             gateway.url + "/v1/chat/completions",
-            json={"messages": SIMPLE, "logit_bias": {"50256": -100}, "vendor_knob": [1, 2]},
+            json={
+                "model": "auto",
+                "messages": SIMPLE,
+                "logit_bias": {"50256": -100},
+                "vendor_knob": [1, 2],
+            },
         ) as response,
     ):
         assert response.status == 200
@@ -152,38 +155,36 @@ async def test_health_ready_and_metrics(two_tiers) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(gateway.url + "/healthz") as response:
             assert response.status == 200
-        for _ in range(50):  # the first health round runs right after start-up
-            async with session.get(gateway.url + "/readyz") as response:
-                ready = await response.json()
-                if response.status == 200:
-                    break
-            await __import__("asyncio").sleep(0.05)
-        assert ready["status"] == "ready"
-        async with session.get(gateway.url + "/metrics") as response:
-            text = await response.text()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    assert samples[("gateway_requests_total", (("outcome", "ok"), ("tier", "edge")))] == 1
-    assert samples[("gateway_requests_total", (("outcome", "ok"), ("tier", "cloud")))] == 1
-    assert samples[("gateway_route_decisions_total", (("reason", "score"), ("tier", "cloud")))] == 1
+    # The first health round runs right after start-up.
+    _, ready = await eventually_value(
+        lambda: _readyz(gateway), lambda answer: answer[0] == 200, what="ready"
+    )
+    assert ready["status"] == "ready"
+    metrics = await scrape_metrics(gateway)
+    assert metrics.value("gateway_requests_total", tier="edge", outcome="ok") == 1
+    assert metrics.value("gateway_requests_total", tier="cloud", outcome="ok") == 1
+    assert metrics.value("gateway_route_decisions_total", tier="cloud", reason="score") == 1
     # Non-streaming requests are streamed internally: the scripted stream counts 5 tokens.
-    assert samples[("gateway_tokens_total", (("direction", "completion"), ("tier", "edge")))] == 5
-    assert samples[("gateway_node_up", (("node", "cloud-1"), ("tier", "cloud")))] == 1
+    assert metrics.value("gateway_tokens_total", tier="edge", direction="completion") == 5
+    assert metrics.value("gateway_node_up", tier="cloud", node="cloud-1") == 1
+
+
+async def _readyz(gateway) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.get(gateway.url + "/readyz") as r:
+        return r.status, await r.json()
 
 
 async def test_readyz_is_503_when_no_node_is_healthy(upstreams, make_gateway) -> None:
     edge = await upstreams("edge-model")
     edge.health_status = 503
     gateway = await make_gateway(policy_yaml([(edge.url, "edge-model")], []))
-    async with aiohttp.ClientSession() as session:
-        await __import__("asyncio").sleep(0.3)
-        async with session.get(gateway.url + "/readyz") as response:
-            body = await response.json()
-            assert response.status == 503
-    assert body["tiers"]["edge"][0]["healthy"] is False
+    # Its one node is marked down after failure_threshold (2) health rounds.
+    status, _ = await eventually_value(
+        lambda: _readyz(gateway),
+        lambda answer: answer[1]["tiers"]["edge"][0]["healthy"] is False,
+        what="the node marked down",
+    )
+    assert status == 503
 
 
 async def test_api_keys_are_enforced_when_configured(upstreams, make_gateway) -> None:
@@ -191,15 +192,11 @@ async def test_api_keys_are_enforced_when_configured(upstreams, make_gateway) ->
     gateway = await make_gateway(
         policy_yaml([(edge.url, "edge-model")], []), api_keys=frozenset({"sekrit"})
     )
-    async with openai.AsyncOpenAI(
-        base_url=gateway.url + "/v1", api_key="wrong", max_retries=0
-    ) as c:
+    async with sdk(gateway, api_key="wrong") as c:
         with pytest.raises(openai.AuthenticationError) as info:
             await c.chat.completions.create(model="auto", messages=SIMPLE)
     assert info.value.body["code"] == "invalid_api_key"
-    async with openai.AsyncOpenAI(
-        base_url=gateway.url + "/v1", api_key="sekrit", max_retries=0
-    ) as c:
+    async with sdk(gateway, api_key="sekrit") as c:
         done = await c.chat.completions.create(model="auto", messages=SIMPLE)
     assert done.choices[0].message.content
     async with aiohttp.ClientSession() as session:

@@ -87,7 +87,7 @@ async def test_serve_uses_environment_overrides(upstreams) -> None:
             assert "smollm2-135m-instruct" not in models  # replaced, not merged
             async with session.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
-                json={"messages": [{"role": "user", "content": "hi"}]},
+                json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
             ) as response:
                 assert response.status == 200
                 assert response.headers["x-gateway-node"] == "edge-1"

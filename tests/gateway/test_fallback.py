@@ -9,14 +9,11 @@ import aiohttp
 import openai
 import pytest
 
-from tests.conftest import policy_yaml
+from gateway.state import POOL
+from tests.helpers import chat, eventually, policy_yaml, sdk
 from tests.scripted import Script, unused_port
 
 SIMPLE = [{"role": "user", "content": "hi"}]
-
-
-def sdk(gateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -28,19 +25,9 @@ async def test_edge_refusing_connections_falls_back_to_cloud(
     gateway = await make_gateway(
         policy_yaml([(dead, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
     )
-    async with sdk(gateway) as client:
-        raw = await client.chat.completions.with_raw_response.create(
-            model="auto", messages=SIMPLE, stream=stream
-        )
-        if stream:
-            chunks = [c async for c in raw.parse()]
-            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            model = chunks[0].model
-        else:
-            completion = raw.parse()
-            text, model = completion.choices[0].message.content, completion.model
-    assert text == "Hello from the upstream."
-    assert model == "cloud-model"  # the model that actually answered
+    raw = await chat(gateway, stream=stream)
+    assert raw.text == "Hello from the upstream."
+    assert raw.model == "cloud-model"  # the model that actually answered
     assert raw.headers["x-gateway-tier"] == "cloud"
     assert raw.headers["x-gateway-fallback"] == "edge-1:connect_error"
     assert cloud.calls == 1
@@ -58,7 +45,7 @@ async def test_503_moves_to_the_next_node_of_the_same_tier_first(upstreams, make
         health_checks=False,
     )
     # Make the busy node the first choice: the spare looks busier.
-    nodes = gateway.app[__import__("gateway.state", fromlist=["STATE"]).STATE].pool.nodes("edge")
+    nodes = gateway.app[POOL].nodes("edge")
     nodes[1].load_score = 0.5
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(model="auto", messages=SIMPLE)
@@ -69,25 +56,14 @@ async def test_503_moves_to_the_next_node_of_the_same_tier_first(upstreams, make
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_timeout_before_first_byte_falls_back(upstreams, make_gateway, stream) -> None:
-    silent, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    silent.script = Script(behaviour="hang")
-    gateway = await make_gateway(
-        policy_yaml(
-            [(silent.url, "edge-model")],
-            [(cloud.url, "cloud-model")],
-            # total bounds the whole request (failover included): room for the cloud.
-            timeouts="{connect: 1, first_token: 0.5, idle: 1, total: 5}",
-        ),
-        health_checks=False,
+async def test_timeout_before_first_byte_falls_back(two_tiers, stream) -> None:
+    # total bounds the whole request (failover included): room for the cloud.
+    silent, cloud, gateway = await two_tiers(
+        timeouts="{connect: 1, first_token: 0.5, idle: 1, total: 5}"
     )
+    silent.script = Script(behaviour="hang")
     started = time.monotonic()
-    async with sdk(gateway) as client:
-        raw = await client.chat.completions.with_raw_response.create(
-            model="auto", messages=SIMPLE, stream=stream
-        )
-        if stream:
-            [c async for c in raw.parse()]
+    raw = await chat(gateway, stream=stream)
     elapsed = time.monotonic() - started
     assert raw.headers["x-gateway-tier"] == "cloud"
     assert raw.headers["x-gateway-fallback"] == "edge-1:timeout"
@@ -95,14 +71,9 @@ async def test_timeout_before_first_byte_falls_back(upstreams, make_gateway, str
     assert (silent.calls, cloud.calls) == (1, 1)
 
 
-async def test_500_falls_back_and_repeated_failures_open_the_circuit(
-    upstreams, make_gateway
-) -> None:
-    broken, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_500_falls_back_and_repeated_failures_open_the_circuit(two_tiers) -> None:
+    broken, cloud, gateway = await two_tiers()
     broken.script = Script(behaviour="status", status=500)
-    gateway = await make_gateway(
-        policy_yaml([(broken.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
     async with sdk(gateway) as client:
         for _ in range(4):
             raw = await client.chat.completions.with_raw_response.create(
@@ -114,12 +85,9 @@ async def test_500_falls_back_and_repeated_failures_open_the_circuit(
     assert cloud.calls == 4
 
 
-async def test_half_open_probe_returns_traffic_to_a_recovered_node(upstreams, make_gateway) -> None:
-    flaky, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_half_open_probe_returns_traffic_to_a_recovered_node(two_tiers) -> None:
+    flaky, _, gateway = await two_tiers()
     flaky.script = Script(behaviour="status", status=502)
-    gateway = await make_gateway(
-        policy_yaml([(flaky.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
     async with sdk(gateway) as client:
         for _ in range(2):
             await client.chat.completions.create(model="auto", messages=SIMPLE)
@@ -140,7 +108,9 @@ async def test_nothing_can_serve_gives_503_with_retry_after(make_gateway) -> Non
     )
     async with (
         aiohttp.ClientSession() as session,
-        session.post(gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}) as response,
+        session.post(
+            gateway.url + "/v1/chat/completions", json={"model": "auto", "messages": SIMPLE}
+        ) as response,
     ):
         body = await response.json()
         assert response.status == 503
@@ -165,16 +135,13 @@ async def test_model_pin_does_not_cross_tiers(make_gateway, upstreams) -> None:
     assert cloud.calls == 0
 
 
-async def test_client_errors_are_passed_on_not_retried(upstreams, make_gateway) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_client_errors_are_passed_on_not_retried(two_tiers) -> None:
+    edge, cloud, gateway = await two_tiers()
     edge.script = Script(
         behaviour="status",
         status=400,
         error_code="content_policy_violation",
         error_message="refused by the content filter",
-    )
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
     )
     async with sdk(gateway) as client:
         with pytest.raises(openai.BadRequestError) as info:
@@ -184,12 +151,9 @@ async def test_client_errors_are_passed_on_not_retried(upstreams, make_gateway) 
     assert (edge.calls, cloud.calls) == (1, 0)
 
 
-async def test_context_length_exceeded_goes_to_the_larger_window(upstreams, make_gateway) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_context_length_exceeded_goes_to_the_larger_window(two_tiers) -> None:
+    edge, cloud, gateway = await two_tiers()
     edge.script = Script(behaviour="status", status=400, error_code="context_length_exceeded")
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(model="auto", messages=SIMPLE)
     assert raw.headers["x-gateway-tier"] == "cloud"
@@ -197,13 +161,11 @@ async def test_context_length_exceeded_goes_to_the_larger_window(upstreams, make
     assert (edge.calls, cloud.calls) == (1, 1)
 
 
-async def test_unhealthy_node_is_skipped_without_an_attempt(upstreams, make_gateway) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_unhealthy_node_is_skipped_without_an_attempt(two_tiers) -> None:
+    edge, _, gateway = await two_tiers(health_checks=True)
     edge.health_status = 503
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")])
-    )
-    await asyncio.sleep(0.3)  # one health round
+    node = gateway.app[POOL].nodes("edge")[0]
+    await eventually(lambda: node.healthy is False, what="the node marked down")
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(model="auto", messages=SIMPLE)
     assert raw.headers["x-gateway-tier"] == "cloud"

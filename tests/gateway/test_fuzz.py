@@ -45,8 +45,8 @@ from hypothesis import strategies as st
 
 from gateway.app import create_app
 from gateway.cli.serve import start_server
-from gateway.protocol import ROLES
 from gateway.settings import Settings
+from hybrid_common.protocol import ROLES
 from tests.conftest import policy_yaml
 from tests.scripted import Script, ScriptedUpstream
 
@@ -246,7 +246,9 @@ def served(tmp_path: Path, redis_server, caplog: pytest.LogCaptureFixture) -> It
             request(
                 b"POST",
                 b"/v1/chat/completions",
-                json.dumps({"messages": [{"role": "user", "content": "remember me"}]}).encode(),
+                json.dumps(
+                    {"model": "auto", "messages": [{"role": "user", "content": "remember me"}]}
+                ).encode(),
                 [(b"x-session-id", KNOWN_SESSION.encode()), AUTH],
             )
         )
@@ -398,10 +400,13 @@ any_fields = {
     "response_format": json_values,
 }
 chat_bodies = weighted(
-    (1, st.fixed_dictionaries({"messages": messages}, optional=good_fields)),
+    (1, st.fixed_dictionaries(  # model is required (unless the policy names a default)
+        {"model": good_fields["model"], "messages": messages},
+        optional={name: field for name, field in good_fields.items() if name != "model"},
+    )),
     (1, st.fixed_dictionaries({"messages": maybe(messages)}, optional=any_fields)),
     (1, st.tuples(messages, st.dictionaries(texts, json_values, min_size=1, max_size=2)).map(
-        lambda t: {**t[1], "messages": t[0]}  # fields the gateway passes through unread
+        lambda t: {"model": "auto", **t[1], "messages": t[0]}  # fields passed through unread
     )),
 )  # fmt: skip
 
@@ -677,7 +682,9 @@ def test_session_api_never_5xx_and_a_deleted_session_stays_deleted(served: Serve
     def play(case: SessionCase) -> None:
         made = False
         if case.session_id is not None:
-            body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+            body = json.dumps(
+                {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode()
             raw = plain(body, case.session_id.encode())
             answer = served.send(raw)
             check(answer, raw)

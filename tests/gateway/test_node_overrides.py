@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from gateway.routing.policy import parse_policy
+from gateway.policy.parse import parse_policy
 from gateway.settings import settings_from_env
-from gateway.state import STATE
-from tests.conftest import GatewayFactory, policy_yaml
+from gateway.state import POOL
+from tests.conftest import GatewayFactory
+from tests.helpers import eventually, policy_yaml
 from tests.scripted import Script, ScriptedUpstream
 
 StartUpstream = Callable[[str], Awaitable[ScriptedUpstream]]
@@ -21,11 +21,7 @@ HI = {"role": "user", "content": "hi"}
 
 def limited(per_node: int, tier: str = "edge") -> str:
     """The test policy, no nodes of its own, ``max_concurrency_per_node`` on ``tier``."""
-    window = "2048" if tier == "edge" else "8192"
-    return policy_yaml([], []).replace(
-        f"  {tier}:\n    context_window: {window}\n",
-        f"  {tier}:\n    context_window: {window}\n    max_concurrency_per_node: {per_node}\n",
-    )
+    return policy_yaml(tiers={tier: {"max_concurrency_per_node": per_node}})
 
 
 def test_env_nodes_take_the_tiers_limit() -> None:
@@ -61,7 +57,7 @@ async def test_an_env_node_never_gets_more_than_the_policys_limit(
     async with aiohttp.ClientSession() as session:
         answers = await asyncio.gather(*(ask(session) for _ in range(6)))
     assert edge.peak_in_flight == 2  # reached, never passed
-    assert [n.spec.max_concurrency for n in gateway.app[STATE].pool.nodes("edge")] == [2]
+    assert [n.spec.max_concurrency for n in gateway.app[POOL].nodes("edge")] == [2]
     statuses = sorted(status for status, _ in answers)
     assert statuses.count(200) >= 2 and set(statuses) <= {200, 503}, answers
     for status, body in answers:
@@ -75,12 +71,13 @@ async def test_a_reloaded_limit_applies_to_env_nodes(
     cloud = await upstreams("cloud-model")
     overrides = settings_from_env({"GATEWAY_CLOUD_URLS": f"{cloud.url}=cloud-model"})
     gateway = await make_gateway(limited(4, "cloud"), cloud_nodes=overrides.cloud_nodes)
-    pool = gateway.app[STATE].pool
+    pool = gateway.app[POOL]
     assert [n.spec.max_concurrency for n in pool.nodes("cloud")] == [4]
 
     gateway.policy_path.write_text(limited(1, "cloud"))
-    deadline = time.monotonic() + 10
-    while [n.spec.max_concurrency for n in pool.nodes("cloud")] != [1]:
-        assert time.monotonic() < deadline, "the reloaded limit never reached the env node"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: [n.spec.max_concurrency for n in pool.nodes("cloud")] == [1],
+        10,
+        "the reloaded limit reached the env node",
+    )
     assert [n.spec.url for n in pool.nodes("cloud")] == [cloud.url]  # still the env's node

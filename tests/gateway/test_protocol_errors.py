@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from gateway.http.server import GatewayRunner
-from tests.conftest import policy_yaml
+from tests.helpers import policy_yaml
 
 CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
 
@@ -20,7 +20,7 @@ CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
 async def gateway(upstreams, make_gateway):
     edge = await upstreams("edge-model")
     gw = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [], extra="limits:\n  max_body_bytes: 4096\n"),
+        policy_yaml([(edge.url, "edge-model")], [], limits={"max_body_bytes": 4096}),
         health_checks=False,
     )
     return gw, edge

@@ -7,12 +7,11 @@ import os
 import signal
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import _log_if_failed
 from gateway.routing.state import PolicyHolder, RoutingState, load_routing_state
-from gateway.state import STATE
-from tests.conftest import policy_yaml
+from gateway.state import POLICIES, POOL
+from tests.helpers import eventually, policy_yaml, scrape_metrics
 
 SIMPLE = [{"role": "user", "content": "hi"}]
 
@@ -20,50 +19,35 @@ SIMPLE = [{"role": "user", "content": "hi"}]
 async def _tier_of(gateway) -> str:
     async with (
         aiohttp.ClientSession() as session,
-        session.post(gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}) as response,
+        session.post(
+            gateway.url + "/v1/chat/completions", json={"model": "auto", "messages": SIMPLE}
+        ) as response,
     ):
         assert response.status == 200
         return response.headers["x-gateway-tier"]
 
 
 async def _reloads(gateway) -> dict[str, float]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(gateway.url + "/metrics") as response:
-            text = await response.text()
-    return {
-        s.labels["result"]: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "gateway_policy_reloads_total"
-    }
+    metrics = await scrape_metrics(gateway)
+    return {s.labels["result"]: s.value for s in metrics.samples("gateway_policy_reloads_total")}
 
 
-async def _wait_for(predicate, timeout_s: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
-async def test_file_change_reloads_and_bad_file_keeps_running_policy(
-    upstreams, make_gateway, caplog
-):
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_file_change_reloads_and_bad_file_keeps_running_policy(two_tiers, caplog):
+    edge, cloud, gateway = await two_tiers(cloud_above=0.9)
     nodes = ([(edge.url, "edge-model")], [(cloud.url, "cloud-model")])
-    gateway = await make_gateway(policy_yaml(*nodes, cloud_above=0.9), health_checks=False)
-    holder = gateway.app[STATE].policies
+    holder = gateway.app[POLICIES]
     assert await _tier_of(gateway) == "edge"
 
     # Everything to the cloud: threshold 0 sends any score above it there.
     before = holder.current
     gateway.policy_path.write_text(policy_yaml(*nodes, cloud_above=0.0))
-    await _wait_for(lambda: holder.current is not before)
+    await eventually(lambda: holder.current is not before)
     assert await _tier_of(gateway) == "cloud"
 
     # A broken file: rejected with key and line, the running policy stays.
     running = holder.current
     gateway.policy_path.write_text(policy_yaml(*nodes, cloud_above=0.0) + "routing_typo: 1\n")
-    await _wait_for(lambda: holder.last_error is not None)
+    await eventually(lambda: holder.last_error is not None)
     assert holder.current is running
     assert "routing_typo" in holder.last_error and ":" in holder.last_error
     assert await _tier_of(gateway) == "cloud"
@@ -71,11 +55,10 @@ async def test_file_change_reloads_and_bad_file_keeps_running_policy(
     assert await _reloads(gateway) == {"success": 1.0, "failure": 1.0}
 
 
-async def test_sighup_reloads(upstreams, make_gateway):
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_sighup_reloads(two_tiers):
+    edge, cloud, gateway = await two_tiers(cloud_above=0.9)
     nodes = ([(edge.url, "edge-model")], [(cloud.url, "cloud-model")])
-    gateway = await make_gateway(policy_yaml(*nodes, cloud_above=0.9), health_checks=False)
-    holder = gateway.app[STATE].policies
+    holder = gateway.app[POLICIES]
     # Stop the file watcher from seeing the change first: only SIGHUP may reload here.
     holder._mtime = None
     text = policy_yaml(*nodes, cloud_above=0.0)
@@ -83,17 +66,14 @@ async def test_sighup_reloads(upstreams, make_gateway):
     holder._mtime = (gateway.policy_path.stat().st_mtime_ns, gateway.policy_path.stat().st_size)
     before = holder.current
     os.kill(os.getpid(), signal.SIGHUP)
-    await _wait_for(lambda: holder.current is not before)
+    await eventually(lambda: holder.current is not before)
     assert holder.current.policy.routing.cloud_above == 0.0
 
 
-async def test_reload_keeps_node_state_for_unchanged_nodes(upstreams, make_gateway):
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
-    state = gateway.app[STATE]
-    node = state.pool.nodes("edge")[0]
+async def test_reload_keeps_node_state_for_unchanged_nodes(upstreams, two_tiers):
+    edge, cloud, gateway = await two_tiers()
+    pool = gateway.app[POOL]
+    node = pool.nodes("edge")[0]
     node.breaker.record_failure()
     node.breaker.record_failure()  # open
     extra = await upstreams("edge-model")
@@ -102,8 +82,8 @@ async def test_reload_keeps_node_state_for_unchanged_nodes(upstreams, make_gatew
             [(edge.url, "edge-model"), (extra.url, "edge-model")], [(cloud.url, "cloud-model")]
         )
     )
-    await _wait_for(lambda: len(state.pool.nodes("edge")) == 2)
-    assert state.pool.nodes("edge")[0] is node
+    await eventually(lambda: len(pool.nodes("edge")) == 2)
+    assert pool.nodes("edge")[0] is node
     assert not node.breaker.available()
 
 
@@ -125,7 +105,7 @@ async def test_an_error_in_the_watch_loop_is_logged_counted_and_survived(tmp_pat
     watcher = asyncio.create_task(holder.watch(0.02))
     try:
         path.write_text("version: 1\ntiers: [\n")
-        await _wait_for(lambda: len(results) == 2)
+        await eventually(lambda: len(results) == 2)
         assert results == [False, False]  # the reload's failure, then the loop's own
         assert not watcher.done()
         assert "policy watcher error: RuntimeError('metrics backend fell over')" in (
@@ -135,7 +115,7 @@ async def test_an_error_in_the_watch_loop_is_logged_counted_and_survived(tmp_pat
         assert loop_errors and loop_errors[0].exc_info is not None  # logged with its traceback
 
         path.write_text(policy_yaml([], [], cloud_above=0.0))
-        await _wait_for(lambda: holder.current.policy.routing.cloud_above == 0.0)
+        await eventually(lambda: holder.current.policy.routing.cloud_above == 0.0)
         assert results == [False, False, True] and holder.last_error is None
     finally:
         watcher.cancel()

@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.state import STATE
+from gateway.state import POLICIES
 from tests.conftest import RunningGateway, policy_yaml
-from tests.gateway.test_reload import _reloads, _wait_for
-from tests.helpers import run_cli
+from tests.gateway.test_reload import _reloads
+from tests.helpers import eventually, run_cli
 from tests.scripted import unused_port
 
 HEALTHZ_MAX_S = 0.05
@@ -122,14 +122,14 @@ async def test_hostile_file_is_a_counted_failure_and_the_next_edit_is_adopted(
     edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
     nodes = ([(edge.url, "edge-model")], [(cloud.url, "cloud-model")])
     gateway = await make_gateway(policy_yaml(*nodes, cloud_above=0.9), health_checks=False)
-    holder = gateway.app[STATE].policies
+    holder = gateway.app[POLICIES]
     running = holder.current
     path = gateway.policy_path
 
     async with healthz_probe(gateway.url) as latencies_s:
         await asyncio.to_thread(replace, path)  # the 50 MB write stays off the event loop
-        await _wait_for(lambda: holder.last_error is not None, timeout_s=5.0)
-        await _wait_for(lambda: len(latencies_s) >= 5)
+        await eventually(lambda: holder.last_error is not None, timeout_s=5.0)
+        await eventually(lambda: len(latencies_s) >= 5)
 
     message = holder.last_error
     assert message is not None and re.match(re.escape(str(path)) + expected, message)
@@ -141,7 +141,7 @@ async def test_hostile_file_is_a_counted_failure_and_the_next_edit_is_adopted(
 
     # The watcher is alive: a valid edit (a regular file again) is adopted.
     await asyncio.to_thread(_replace_with_text(policy_yaml(*nodes, cloud_above=0.0)), path)
-    await _wait_for(lambda: holder.current.policy.routing.cloud_above == 0.0, timeout_s=5.0)
+    await eventually(lambda: holder.current.policy.routing.cloud_above == 0.0, timeout_s=5.0)
     assert holder.last_error is None
     assert await _reloads(gateway) == {"success": 1.0, "failure": 1.0}
     assert await _readyz_policy_error(gateway) is None

@@ -8,13 +8,12 @@ import asyncio
 import openai
 import pytest
 
-from gateway.routing.policy import parse_policy
-from gateway.state import STATE
+from gateway.policy.parse import parse_policy
+from gateway.state import POOL
 from gateway.upstream.pool import NodePool, Skip
-from tests.conftest import RunningGateway, policy_yaml
-from tests.gateway.observability.conftest import SIMPLE, attrs, make_spans, sdk
-from tests.gateway.resilience.conftest import metric_samples
-from tests.helpers import eventually
+from tests.conftest import RunningGateway
+from tests.gateway.observability.conftest import SIMPLE, attrs, make_spans
+from tests.helpers import eventually, policy_yaml, scrape_metrics, sdk
 from tests.scripted import Script
 
 TO_CLOUD = {"x-gateway-tier": "cloud"}
@@ -34,36 +33,30 @@ async def _ask(gateway: RunningGateway, *, stream: bool = False, **kw: object): 
 
 
 async def _skips_metric(gateway: RunningGateway) -> dict[tuple[str, str, str], float]:
-    samples = await metric_samples(gateway)
+    metrics = await scrape_metrics(gateway)
     return {
-        (labels["tier"], labels["node"], labels["reason"]): number
-        for (name, items), number in samples.items()
-        if name == "gateway_node_skips_total" and (labels := dict(items))
+        (s.labels["tier"], s.labels["node"], s.labels["reason"]): s.value
+        for s in metrics.samples("gateway_node_skips_total")
     }
 
 
 async def _fallbacks_metric(gateway: RunningGateway) -> dict[tuple[str, str, str], float]:
-    samples = await metric_samples(gateway)
+    metrics = await scrape_metrics(gateway)
     return {
-        (labels["from_tier"], labels["to_tier"], labels["reason"]): number
-        for (name, items), number in samples.items()
-        if name == "gateway_fallbacks_total" and (labels := dict(items))
+        (s.labels["from_tier"], s.labels["to_tier"], s.labels["reason"]): s.value
+        for s in metrics.samples("gateway_fallbacks_total")
     }
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_an_unhealthy_cloud_node_is_named_when_the_edge_answers(
-    upstreams, make_gateway, stream: bool
+    two_tiers, stream: bool
 ) -> None:
     # The case: routed to the cloud by score, its only node failing health checks.
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    cloud.health_status = 503
     spans = make_spans()
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")], cloud_above=0.0),
-        tracing=spans.tracing,
-    )
-    node = gateway.app[STATE].pool.nodes("cloud")[0]
+    _, cloud, gateway = await two_tiers(cloud_above=0.0, health_checks=True, tracing=spans.tracing)
+    cloud.health_status = 503
+    node = gateway.app[POOL].nodes("cloud")[0]
     await eventually(lambda: node.healthy is False)
 
     raw = await _ask(gateway, stream=stream)
@@ -84,16 +77,10 @@ async def test_an_unhealthy_cloud_node_is_named_when_the_edge_answers(
     assert await _fallbacks_metric(gateway) == {("cloud", "edge", "unhealthy"): 1.0}
 
 
-async def test_an_open_circuit_is_named_after_the_failures_that_opened_it(
-    upstreams, make_gateway
-) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    cloud.script = Script(behaviour="status", status=500)
+async def test_an_open_circuit_is_named_after_the_failures_that_opened_it(two_tiers) -> None:
     spans = make_spans()
-    text = policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")])
-    gateway = await make_gateway(
-        text.replace("open_s: 0.5", "open_s: 60"), health_checks=False, tracing=spans.tracing
-    )
+    _, cloud, gateway = await two_tiers(health={"open_s": 60}, tracing=spans.tracing)
+    cloud.script = Script(behaviour="status", status=500)
 
     first = await _ask(gateway, extra_headers=TO_CLOUD)
     # Tried, retried once, then failure_threshold (2) opened the circuit.
@@ -122,13 +109,15 @@ async def test_a_node_at_capacity_is_named_while_a_slow_answer_holds_its_slot(
     edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
     edge.script = Script(first_token_delay_s=1.5)
     spans = make_spans()
-    text = policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")])
     gateway = await make_gateway(
-        text.replace("name: edge-1}", "name: edge-1, max_concurrency: 1}"),
+        policy_yaml(
+            [{"url": edge.url, "model": "edge-model", "max_concurrency": 1}],
+            [(cloud.url, "cloud-model")],
+        ),
         health_checks=False,
         tracing=spans.tracing,
     )
-    node = gateway.app[STATE].pool.nodes("edge")[0]
+    node = gateway.app[POOL].nodes("edge")[0]
 
     holder = asyncio.create_task(_ask(gateway))
     await eventually(lambda: edge.in_flight == 1 and node.full)
@@ -181,7 +170,7 @@ async def test_skips_and_failed_attempts_are_listed_in_order(upstreams, make_gat
         policy_yaml([(broken.url, "edge-model"), (sick.url, "edge-model")], [(cloud.url, "c")]),
         health_checks=False,
     )
-    gateway.app[STATE].pool.nodes("edge")[1].healthy = False  # as a failed health check leaves it
+    gateway.app[POOL].nodes("edge")[1].healthy = False  # as a failed health check leaves it
 
     raw = await _ask(gateway)
 
@@ -196,7 +185,7 @@ async def test_a_request_nothing_can_take_names_every_skip_in_its_503(
     edge = await upstreams("edge-model")
     edge.health_status = 503
     gateway = await make_gateway(policy_yaml([(edge.url, "edge-model")], []))
-    node = gateway.app[STATE].pool.nodes("edge")[0]
+    node = gateway.app[POOL].nodes("edge")[0]
     await eventually(lambda: node.healthy is False)
     async with sdk(gateway) as client:
         with pytest.raises(openai.InternalServerError) as info:

@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from tests.conftest import GatewayFactory, RunningGateway, policy_yaml
+from tests.conftest import GatewayFactory, RunningGateway
 from tests.fixtures.edge import EdgeNodeProcess
 from tests.fixtures.vllm import VllmNode
+from tests.helpers import policy_yaml, sdk
 
 pytestmark = [pytest.mark.vllm, pytest.mark.edge_model]
 
@@ -57,10 +58,8 @@ async def gateway(
 
 @pytest.fixture
 async def client(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120
-    ) as sdk:
-        yield sdk
+    async with sdk(gateway, timeout=120) as client:
+        yield client
 
 
 def _arguments(arguments: str) -> dict[str, object]:
@@ -145,14 +144,15 @@ async def test_the_edge_node_refuses_tools_itself_when_a_policy_claims_it_serves
     """A policy that wrongly declares tools on the edge still gets no invented answer: the
     edge node answers 400 naming ``tools``, which the gateway passes on."""
     policy = policy_yaml(
-        [(edge_node.url, edge_node.model)], [(vllm_node.url, vllm_node.model)], timeouts=TIMEOUTS
-    ).replace("context_window: 2048\n", "context_window: 2048\n    supports: [tools]\n")
+        [(edge_node.url, edge_node.model)],
+        [(vllm_node.url, vllm_node.model)],
+        timeouts=TIMEOUTS,
+        tiers={"edge": {"supports": ["tools"]}},
+    )
     gateway = await make_gateway(policy, health_checks=False)
-    async with openai.AsyncOpenAI(
-        base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120
-    ) as sdk:
+    async with sdk(gateway, timeout=120) as client:
         with pytest.raises(openai.BadRequestError) as info:
-            await sdk.chat.completions.create(
+            await client.chat.completions.create(
                 model="edge",
                 messages=PARIS,  # type: ignore[arg-type]
                 tools=[WEATHER],  # type: ignore[list-item]

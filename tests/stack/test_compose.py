@@ -217,8 +217,9 @@ def test_edge_variables_are_ones_the_edge_node_reads(resolved: dict[str, Any]) -
     assert result.returncode == 0, result.stderr
     known = set(re.findall(r"EDGE_NODE_[A-Z_]+", result.stdout))
     env = resolved["services"]["edge"]["environment"]
-    # The standard OpenTelemetry variables are read by edge_node/tracing.py, not by flags.
-    tracing = (REPO_ROOT / "edge_node" / "tracing.py").read_text(encoding="utf-8")
+    # The standard OpenTelemetry variables are read by hybrid_common/otel.py (through
+    # edge_node/tracing.py), not by flags.
+    tracing = (REPO_ROOT / "hybrid_common" / "otel.py").read_text(encoding="utf-8")
     otel = {name for name in env if name.startswith("OTEL_")}
     assert otel and all(f'"{name}"' in tracing for name in otel), otel
     assert set(env) - otel <= known, set(env) - otel - known

@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from openai import OpenAI
 
 from scripts.stack import Ports, StackConfig, start_stack
+from tests.helpers import sync_sdk
 
 pytestmark = [pytest.mark.edge_model, pytest.mark.vllm, pytest.mark.redis]
 
@@ -55,9 +55,7 @@ def test_one_session_moves_from_edge_to_cloud(tmp_path: Path) -> None:
         assert any(line.startswith("cloud node (vLLM) ready after") for line in lines), lines
         session = f"e2e-{uuid.uuid4().hex}"
         headers = {"x-session-id": session}
-        with OpenAI(
-            base_url=f"{stack.gateway_url}/v1", api_key="unused", max_retries=0, timeout=120
-        ) as client:
+        with sync_sdk(stack.gateway_url, timeout=120) as client:
             first = client.chat.completions.with_raw_response.create(
                 model="edge",
                 messages=[{"role": "user", "content": FIRST_TURN}],

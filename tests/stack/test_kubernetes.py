@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from edge_node.settings import DEFAULT_SERVED_MODEL_NAME
-from gateway.routing.policy import parse_policy
+from gateway.policy.parse import parse_policy
 from gateway.settings import settings_from_env
 from tests.stack._tools import REPO_ROOT, run, tool
 

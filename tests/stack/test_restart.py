@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from openai import AsyncOpenAI
 
 from scripts.stack.processes import die_with_parent
-from tests.helpers import eventually
+from tests.helpers import eventually, sdk
 from tests.scripted import ScriptedUpstream
 from tests.stack._procs import alive
 from tests.stack._tools import REPO_ROOT
@@ -106,7 +105,7 @@ async def test_a_killed_edge_node_is_restarted_while_the_gateway_fails_over(
         gateway_url = (await cli.wait_for(r"^  gateway  (http://\S+)$", 1))[1]
         assert f"cloud    {cloud.url}  model cloud-scripted (not started by the stack)" in cli.text
 
-        client = AsyncOpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0)
+        client = sdk(gateway_url)
         async with client:
 
             async def ask_edge() -> tuple[str, str | None]:

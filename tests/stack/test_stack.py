@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from openai import OpenAI
 
 from scripts.stack import (
     Ports,
@@ -32,6 +31,7 @@ from scripts.stack import (
 from scripts.stack.banner import banner
 from scripts.stack.processes import die_with_parent
 from scripts.stack.startup import Stack
+from tests.helpers import sync_sdk
 from tests.stack._procs import alive, wait_for
 from tests.stack._tools import REPO_ROOT
 
@@ -133,9 +133,7 @@ def test_edge_only_stack_serves_and_stops_everything(tmp_path: Path) -> None:
             assert [s.name for s in stack.services] == ["edge node", "gateway"]
             assert not stack.redis_started and stack.cloud_url is None
             assert any("already running" in line for line in lines)
-            with OpenAI(
-                base_url=stack.gateway_url + "/v1", api_key="unused", max_retries=0
-            ) as client:
+            with sync_sdk(stack.gateway_url) as client:
                 raw = client.chat.completions.with_raw_response.create(
                     model="auto",
                     messages=[{"role": "user", "content": "Name a colour."}],

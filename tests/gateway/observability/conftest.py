@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import openai
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -15,6 +12,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from gateway.telemetry import Tracing, TracingConfig, build_tracing
+from tests.helpers import eventually
+from tests.helpers import sdk as sdk  # re-exported for older imports
 
 SIMPLE = [{"role": "user", "content": "hi"}]
 
@@ -45,10 +44,11 @@ class Spans:
     async def settled(self, servers: int = 1, timeout_s: float = 5.0) -> None:
         """Wait until ``servers`` request spans ended: a streamed response reaches the
         client a moment before the handler (and so its span) returns."""
-        deadline = time.monotonic() + timeout_s
-        while sum(s.kind is SpanKind.SERVER for s in self.all()) < servers:
-            assert time.monotonic() < deadline, f"request spans not ended: {self.names()}"
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: sum(s.kind is SpanKind.SERVER for s in self.all()) >= servers,
+            timeout_s,
+            f"{servers} request spans ended",
+        )
 
     def attempts(self) -> list[ReadableSpan]:
         """CLIENT spans in start order."""
@@ -77,17 +77,6 @@ def make_spans(*, capture_content: bool = False) -> Spans:
 @pytest.fixture
 def spans() -> Spans:
     return make_spans()
-
-
-def sdk(gateway: object, **kw: object) -> openai.AsyncOpenAI:
-    """The official SDK pointed at a gateway, without retries of its own."""
-    url = gateway.url  # type: ignore[attr-defined]
-    return openai.AsyncOpenAI(
-        base_url=url + "/v1",
-        api_key=str(kw.pop("api_key", "unused")),
-        max_retries=0,
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def attrs(span: ReadableSpan) -> dict[str, object]:

@@ -16,17 +16,13 @@ import pytest
 
 from gateway.http.access import session_hash
 from gateway.logs import JsonFormatter, TextFormatter
-from gateway.state import STATE
+from gateway.state import POOL
 from tests.conftest import policy_yaml
-from tests.gateway.observability.conftest import SIMPLE, sdk
-from tests.helpers import eventually
+from tests.gateway.observability.conftest import SIMPLE
+from tests.helpers import eventually, sdk
 from tests.scripted import Script
 
-SESSIONS = """\
-sessions:
-  ttl_s: 600
-  redis_timeout_s: 0.3
-"""
+SESSIONS = {"ttl_s": 600, "redis_timeout_s": 0.3}
 
 
 @pytest.fixture
@@ -60,7 +56,7 @@ async def _lines(stream: io.StringIO, count: int, timeout_s: float = 5.0) -> lis
 
 
 async def _eventually_unhealthy(gateway, tier: str) -> None:  # type: ignore[no-untyped-def]
-    node = gateway.app[STATE].pool.nodes(tier)[0]
+    node = gateway.app[POOL].nodes(tier)[0]
     await eventually(lambda: node.healthy is False, 5, "the node marked down")
 
 
@@ -81,7 +77,7 @@ async def test_a_streamed_session_request_that_fell_back_has_every_field(
             [(edge.url, "edge-model")],
             [(cloud.url, "cloud-model")],
             cloud_above=0.0,
-            extra=SESSIONS,
+            sessions=SESSIONS,
         ),
         redis_url=redis_server.url,
     )
@@ -120,12 +116,9 @@ async def test_a_streamed_session_request_that_fell_back_has_every_field(
     assert text.endswith(f"gateway.access: {entry['message']} [request_id={entry['request_id']}]")
 
 
-async def test_a_plain_request_and_a_failed_one(upstreams, make_gateway, access_log) -> None:
+async def test_a_plain_request_and_a_failed_one(two_tiers, access_log) -> None:
     json_lines, text_lines = access_log
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
+    edge, cloud, gateway = await two_tiers()
     async with sdk(gateway) as client:
         await client.chat.completions.create(model="auto", messages=SIMPLE)  # type: ignore[arg-type]
     edge.script = cloud.script = Script(behaviour="status", status=500)
@@ -167,12 +160,10 @@ async def test_a_plain_request_and_a_failed_one(upstreams, make_gateway, access_
 
 @pytest.mark.redis
 async def test_the_session_api_logs_its_route_not_the_session_id(
-    upstreams, make_gateway, redis_server, access_log
+    two_tiers, redis_server, access_log
 ) -> None:
     json_lines, _ = access_log
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    policy = policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]) + SESSIONS
-    gateway = await make_gateway(policy, redis_url=redis_server.url, health_checks=False)
+    _, _, gateway = await two_tiers(sessions=SESSIONS, settings={"redis_url": redis_server.url})
     async with aiohttp.ClientSession() as http:
         for method in ("GET", "DELETE"):
             async with http.request(method, f"{gateway.url}/v1/sessions/alice.smith") as response:

@@ -17,8 +17,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from gateway.telemetry import TracingConfig, build_tracing, tracing_config_from_env
-from gateway.telemetry.console_tree import TreeConsoleSpanExporter
+from gateway.telemetry.config import SERVICE_NAME
 from gateway.telemetry.propagation import extract_context
+from hybrid_common.console_tree import TreeConsoleSpanExporter
 from scripts.stack.processes import die_with_parent
 from tests.conftest import policy_yaml
 from tests.gateway.observability.conftest import SIMPLE, sdk
@@ -55,7 +56,8 @@ def _tracer(exporter: TreeConsoleSpanExporter):  # type: ignore[no-untyped-def]
 async def test_a_request_that_fell_back_prints_as_one_tree(upstreams, make_gateway) -> None:
     out = io.StringIO()
     tracing = build_tracing(
-        TracingConfig(), processor=SimpleSpanProcessor(TreeConsoleSpanExporter(out))
+        TracingConfig(service_name=SERVICE_NAME),
+        processor=SimpleSpanProcessor(TreeConsoleSpanExporter(out)),
     )
     edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
     edge.script = Script(behaviour="status", status=500)
@@ -222,7 +224,7 @@ async def test_serve_prints_the_tree_to_stderr(upstreams, how: str) -> None:
                 try:
                     async with session.post(
                         f"http://127.0.0.1:{port}/v1/chat/completions",
-                        json={"messages": SIMPLE},
+                        json={"model": "auto", "messages": SIMPLE},
                     ) as response:
                         assert response.status == 200
                         break

@@ -9,7 +9,8 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
 from tests.conftest import policy_yaml
-from tests.gateway.observability.conftest import Spans, attrs, make_spans, sdk
+from tests.gateway.observability.conftest import Spans, attrs, make_spans
+from tests.helpers import sdk
 from tests.scripted import Script
 
 SECRET_PROMPT = "the password of the vault is swordfish-7731"

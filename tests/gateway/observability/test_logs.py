@@ -12,7 +12,8 @@ import pytest
 
 from gateway.logs import JsonFormatter, TextFormatter, configure_logging, request_id_var
 from tests.conftest import policy_yaml
-from tests.gateway.observability.conftest import SIMPLE, Spans, sdk, trace_hex
+from tests.gateway.observability.conftest import SIMPLE, Spans, trace_hex
+from tests.helpers import sdk
 from tests.scripted import unused_port
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -29,6 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from scripts.stack.processes import die_with_parent
 from tests.conftest import policy_yaml
 from tests.gateway.observability.conftest import SIMPLE
+from tests.helpers import eventually, sdk
 from tests.scripted import unused_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -139,14 +139,17 @@ async def test_gateway_process_exports_spans_and_logs_json_with_the_trace_id(
     try:
         url = f"http://127.0.0.1:{port}"
         await _wait_healthy(url, process)
-        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        async with sdk(url) as client:
             raw = await client.chat.completions.with_raw_response.create(
                 model="auto",
                 messages=SIMPLE,
                 extra_headers={"traceparent": TRACEPARENT, "x-request-id": "e2e-1"},
             )
         assert raw.parse().choices[0].message.content == "Hello from the upstream."
-        await asyncio.sleep(0.2)
+        # The access line is logged just before the request's span ends, and both come
+        # before the response is written: an exporter that sent each span as it ended
+        # would already have been heard from.
+        await eventually(lambda: '"gateway.access"' in stderr_path.read_text(), 10, "logged")
         assert sink.requests == []  # nothing yet: the batch processor holds the spans
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import policy_yaml
-from tests.gateway.observability.conftest import SIMPLE, Spans, attrs, sdk, span_hex, trace_hex
+from tests.gateway.observability.conftest import SIMPLE, Spans, attrs, span_hex, trace_hex
+from tests.helpers import sdk
 from tests.scripted import Script, unused_port
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -76,8 +77,8 @@ async def test_retries_get_a_new_span_each_and_the_node_sees_each_one(
 ) -> None:
     edge = await upstreams("edge-model")
     edge.queue = [Script(behaviour="status", status=502)]
-    policy = policy_yaml([(edge.url, "edge-model")], []).replace(
-        "fallback:\n", "fallback:\n  backoff_s: {base: 0.01, max: 0.02}\n"
+    policy = policy_yaml(
+        [(edge.url, "edge-model")], [], fallback={"backoff_s": {"base": 0.01, "max": 0.02}}
     )
     gateway = await make_gateway(policy, health_checks=False, tracing=spans.tracing)
     async with sdk(gateway) as client:

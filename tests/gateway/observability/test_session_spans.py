@@ -5,20 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import policy_yaml
-from tests.gateway.observability.conftest import SIMPLE, Spans, attrs, sdk, span_hex
+from tests.gateway.observability.conftest import SIMPLE, Spans, attrs, span_hex
+from tests.helpers import sdk
 
 pytestmark = pytest.mark.redis
 
-SESSIONS = """\
-sessions:
-  ttl_s: 600
-  redis_timeout_s: 0.3
-"""
+SESSIONS = {"ttl_s": 600, "redis_timeout_s": 0.3}
 
 
 async def _gateway(upstreams, make_gateway, spans: Spans, redis_url: str):
     edge = await upstreams("edge-model")
-    policy = policy_yaml([(edge.url, "edge-model")], [], extra=SESSIONS)
+    policy = policy_yaml([(edge.url, "edge-model")], [], sessions=SESSIONS)
     return edge, await make_gateway(
         policy, health_checks=False, tracing=spans.tracing, redis_url=redis_url
     )

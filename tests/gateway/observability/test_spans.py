@@ -8,7 +8,8 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.conftest import policy_yaml
-from tests.gateway.observability.conftest import SIMPLE, Spans, attrs, sdk
+from tests.gateway.observability.conftest import SIMPLE, Spans, attrs
+from tests.helpers import sdk
 from tests.scripted import Script, unused_port
 
 
@@ -28,14 +29,9 @@ async def _ask(gateway, *, stream: bool, messages=SIMPLE, **kw):
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_routed_request_is_one_server_span_with_classify_and_one_attempt(
-    upstreams, make_gateway, spans: Spans, stream: bool
+    two_tiers, spans: Spans, stream: bool
 ) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    gateway = await make_gateway(
-        policy_yaml([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]),
-        health_checks=False,
-        tracing=spans.tracing,
-    )
+    edge, _, gateway = await two_tiers(tracing=spans.tracing)
     raw, text = await _ask(gateway, stream=stream, max_tokens=40)
     await spans.settled()
 
@@ -129,19 +125,12 @@ async def test_fallback_has_two_attempt_spans_and_fallback_attributes(
 
 
 async def test_same_node_retry_is_a_second_attempt_span_not_a_fallback(
-    upstreams, make_gateway, spans: Spans
+    two_tiers, spans: Spans
 ) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    edge.queue = [Script(behaviour="status", status=500)]
-    gateway = await make_gateway(
-        policy_yaml(
-            [(edge.url, "edge-model")],
-            [(cloud.url, "cloud-model")],
-            extra="",
-        ).replace("fallback:\n", "fallback:\n  backoff_s: {base: 0.01, max: 0.02}\n"),
-        health_checks=False,
-        tracing=spans.tracing,
+    edge, _, gateway = await two_tiers(
+        fallback={"backoff_s": {"base": 0.01, "max": 0.02}}, tracing=spans.tracing
     )
+    edge.queue = [Script(behaviour="status", status=500)]
     raw, _ = await _ask(gateway, stream=False)
     await spans.settled()
 
@@ -217,9 +206,9 @@ async def test_mid_stream_continuation_is_an_attempt_span_of_its_own(
         health_checks=False,
         tracing=spans.tracing,
     )
-    from gateway.state import STATE
+    from gateway.state import POOL
 
-    gateway.app[STATE].pool.nodes("edge")[1].load_score = 0.5
+    gateway.app[POOL].nodes("edge")[1].load_score = 0.5
     raw, text = await _ask(gateway, stream=True)
     await spans.settled()
 
@@ -276,8 +265,8 @@ async def test_stream_that_breaks_for_good_marks_the_server_span_failed(
 ) -> None:
     edge = await upstreams("edge-model")
     edge.script = Script(behaviour="cut", cut_after=2)
-    policy = policy_yaml([(edge.url, "edge-model")], []).replace(
-        "fallback:\n", "fallback:\n  continuation: {enabled: false}\n"
+    policy = policy_yaml(
+        [(edge.url, "edge-model")], [], fallback={"continuation": {"enabled": False}}
     )
     gateway = await make_gateway(policy, health_checks=False, tracing=spans.tracing)
     async with sdk(gateway) as client:

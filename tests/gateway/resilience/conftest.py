@@ -1,45 +1,36 @@
-"""Helpers for the fault tests: SDK client, raw SSE reading, /metrics samples, a black hole."""
+"""Helpers for the fault tests: their policy, raw SSE reading, a black hole."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
-import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningGateway, policy_yaml
+from tests.conftest import RunningGateway, TwoTiersFactory
+from tests.helpers import Node, policy_yaml
 
 SIMPLE = [{"role": "user", "content": "hi"}]
 TEXT = "Hello from the upstream."
-
-
-def sdk(gateway: RunningGateway) -> openai.AsyncOpenAI:
-    """The official client, without its own retries: the gateway's behaviour is under test."""
-    return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+TIMEOUTS = "{connect: 1, first_token: 2, idle: 2, total: 10}"
+"""Room for a retry and a fallback in the total deadline."""
 
 
 def policy(
-    edge: list[tuple[str, str]],
-    cloud: list[tuple[str, str]],
+    edge: Sequence[Node],
+    cloud: Sequence[Node],
     *,
-    fallback: str = "",
-    timeouts: str = "{connect: 1, first_token: 2, idle: 2, total: 10}",
-    health: str = "",
+    timeouts: str = TIMEOUTS,
+    **options: Any,
 ) -> str:
-    """A test policy with extra ``fallback:`` keys (YAML lines, 2-space indented)."""
-    text = policy_yaml(edge, cloud, timeouts=timeouts)
-    if fallback:
-        text = text.replace("fallback:\n", "fallback:\n" + fallback.rstrip("\n") + "\n", 1)
-    if health:
-        start = text.index("health:\n")
-        text = text[:start] + health
-    return text
+    """:func:`policy_yaml` with room for a retry and a fallback in the total deadline."""
+    return policy_yaml(edge, cloud, timeouts=timeouts, **options)
 
 
 @dataclass(slots=True)
@@ -90,11 +81,12 @@ class RawStream:
 
 
 async def raw_stream(gateway: RunningGateway, body: dict[str, object]) -> RawStream:
-    """POST a streaming request and read every SSE data payload until the body ends."""
+    """POST a streaming request and read every SSE data payload until the body ends.
+    ``model`` is ``auto`` unless ``body`` names one (the API requires it)."""
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            gateway.url + "/v1/chat/completions", json={"stream": True, **body}
+            gateway.url + "/v1/chat/completions", json={"stream": True, "model": "auto", **body}
         ) as response,
     ):
         out = RawStream(status=response.status, headers=dict(response.headers))
@@ -106,19 +98,6 @@ async def raw_stream(gateway: RunningGateway, body: dict[str, object]) -> RawStr
             if line.startswith(b"data: "):
                 out.events.append(line[6:].decode())
         return out
-
-
-async def metric_samples(
-    gateway: RunningGateway,
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the gateway's /metrics, parsed with prometheus_client's own parser."""
-    async with aiohttp.ClientSession() as session, session.get(gateway.url + "/metrics") as r:
-        text = await r.text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 @pytest.fixture
@@ -141,3 +120,9 @@ def blackhole() -> Iterator[str]:
         for filler in fillers:
             filler.close()
         server.close()
+
+
+@pytest.fixture
+def two_tiers(two_tiers: TwoTiersFactory) -> TwoTiersFactory:
+    """The shared two-tier setup, with :func:`policy`'s longer total deadline."""
+    return functools.partial(two_tiers, timeouts=TIMEOUTS)

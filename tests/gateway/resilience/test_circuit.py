@@ -7,19 +7,14 @@ import asyncio
 import itertools
 import time
 
-from gateway.state import STATE
+from gateway.state import POOL
 from gateway.upstream.circuit import CircuitState
-from tests.gateway.resilience.conftest import SIMPLE, policy, sdk
+from tests.gateway.resilience.conftest import SIMPLE, policy
+from tests.helpers import sdk
 from tests.scripted import Script
 
 OPEN_S = 0.5
-HEALTH = f"""\
-health:
-  interval_s: 5
-  timeout_s: 2
-  failure_threshold: 2
-  open_s: {OPEN_S}
-"""
+HEALTH = {"interval_s": 5, "timeout_s": 2, "failure_threshold": 2, "open_s": OPEN_S}
 
 
 async def test_a_flapping_node_is_isolated_probed_and_brought_back(upstreams, make_gateway) -> None:
@@ -37,7 +32,7 @@ async def test_a_flapping_node_is_isolated_probed_and_brought_back(upstreams, ma
         ),
         health_checks=False,
     )
-    node = gateway.app[STATE].pool.nodes("edge")[0]
+    node = gateway.app[POOL].nodes("edge")[0]
     served: list[tuple[float, str]] = []
     recovered_at: float | None = None
     started = time.monotonic()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.gateway.resilience.conftest import SIMPLE, TEXT, policy, sdk
+from tests.gateway.resilience.conftest import SIMPLE, TEXT, policy
+from tests.helpers import chat, sdk
 from tests.scripted import Script
 
 
@@ -26,33 +27,21 @@ async def test_context_length_exceeded_moves_to_the_larger_window_once(
         policy([(e1.url, "edge-model"), (e2.url, "edge-model")], [(cloud.url, "cloud-model")]),
         health_checks=False,
     )
-    async with sdk(gateway) as client:
-        raw = await client.chat.completions.with_raw_response.create(
-            model="auto", messages=SIMPLE, stream=stream
-        )
-        if stream:
-            text = "".join([c.choices[0].delta.content or "" async for c in raw.parse()])
-        else:
-            text = raw.parse().choices[0].message.content
-    assert text == TEXT
-    assert raw.headers["x-gateway-tier"] == "cloud"
-    assert raw.headers["x-gateway-fallback"] == "edge-1:context_length"
+    reply = await chat(gateway, stream=stream)
+    assert reply.text == TEXT
+    assert reply.headers["x-gateway-tier"] == "cloud"
+    assert reply.headers["x-gateway-fallback"] == "edge-1:context_length"
     # Neither the same node nor the other node of the same (too small) model is asked.
     assert (e1.calls, e2.calls, cloud.calls) == (1, 0, 1)
 
 
-async def test_context_length_exceeded_on_a_pinned_model_is_passed_on(
-    upstreams, make_gateway
-) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_context_length_exceeded_on_a_pinned_model_is_passed_on(two_tiers) -> None:
+    edge, cloud, gateway = await two_tiers()
     edge.script = Script(
         behaviour="status",
         status=400,
         error_code="context_length_exceeded",
         error_message="This model's maximum context length is 2048 tokens.",
-    )
-    gateway = await make_gateway(
-        policy([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
     )
     async with sdk(gateway) as client:
         with pytest.raises(openai.BadRequestError) as info:
@@ -68,14 +57,11 @@ async def test_context_length_exceeded_on_a_pinned_model_is_passed_on(
     [(400, "content_policy_violation"), (403, "forbidden"), (422, "invalid_value")],
 )
 async def test_client_errors_are_passed_on_and_never_retried(
-    upstreams, make_gateway, stream, status, code
+    two_tiers, stream, status, code
 ) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+    edge, cloud, gateway = await two_tiers()
     edge.script = Script(
         behaviour="status", status=status, error_code=code, error_message="refused: policy 7"
-    )
-    gateway = await make_gateway(
-        policy([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
     )
     async with sdk(gateway) as client:
         with pytest.raises(openai.BadRequestError) as info:

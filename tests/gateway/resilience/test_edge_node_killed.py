@@ -21,11 +21,9 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -33,12 +31,11 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from tests.conftest import GatewayFactory, RunningGateway
 from tests.fixtures.edge import EdgeNodeProcess, start_edge_node, stop_edge_node
-from tests.gateway.resilience.conftest import metric_samples, policy, sdk
+from tests.gateway.resilience.conftest import policy
+from tests.helpers import eventually_value, scrape_metrics, sdk
 from tests.scripted import Script, ScriptedUpstream
 
 pytestmark = pytest.mark.edge_model
-
-T = TypeVar("T")
 
 CLOUD_MODEL = "cloud-model"
 CLOUD_REST = (" and", " so", " on", ".")
@@ -55,20 +52,6 @@ OPEN_S = 60
 
 EdgeProcess = tuple[subprocess.Popen[bytes], EdgeNodeProcess]
 StartUpstream = Callable[[str], Awaitable[ScriptedUpstream]]
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], timeout_s: float
-) -> T:
-    """Poll ``probe`` until its value satisfies ``until``; fail with the last value seen."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if until(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {timeout_s:g} s; last seen: {value!r}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -99,14 +82,16 @@ async def gateway_over(
         [(cloud.url, CLOUD_MODEL)],
         # first_token leaves room for llama.cpp's prompt evaluation on a busy CPU.
         timeouts="{connect: 1, first_token: 30, idle: 10, total: 60}",
-        health=(
-            f"health: {{interval_s: {health_interval_s}, timeout_s: 1, "
-            f"failure_threshold: 2, open_s: {OPEN_S}}}\n"
-        ),
+        health={
+            "interval_s": health_interval_s,
+            "timeout_s": 1,
+            "failure_threshold": 2,
+            "open_s": OPEN_S,
+        },
     )
     gateway = await make_gateway(text)
     # The premise: the gateway has seen the edge node up before it is killed.
-    await eventually(lambda: edge_status(gateway), lambda s: s["healthy"] is True, 10)
+    await eventually_value(lambda: edge_status(gateway), lambda s: s["healthy"] is True, 10)
     return gateway, cloud
 
 
@@ -120,17 +105,15 @@ async def edge_status(gateway: RunningGateway) -> dict[str, object]:
 
 async def edge_attempts(gateway: RunningGateway) -> dict[str, float]:
     """``gateway_upstream_attempts_total`` of edge-1, by result."""
-    samples = await metric_samples(gateway)
+    metrics = await scrape_metrics(gateway)
     return {
-        dict(labels)["result"]: value
-        for (name, labels), value in samples.items()
-        if name == "gateway_upstream_attempts_total" and dict(labels)["node"] == "edge-1"
+        s.labels["result"]: s.value
+        for s in metrics.samples("gateway_upstream_attempts_total", node="edge-1")
     }
 
 
 async def edge_gauge(gateway: RunningGateway, name: str) -> float:
-    samples = await metric_samples(gateway)
-    return samples[(name, (("node", "edge-1"), ("tier", "edge")))]
+    return (await scrape_metrics(gateway)).value(name, tier="edge", node="edge-1")
 
 
 def text_of(chunk: ChatCompletionChunk) -> str:
@@ -240,7 +223,9 @@ async def test_killed_mid_stream_the_cloud_finishes_and_the_circuit_opens(
 
     # That was failure 2 of failure_threshold 2: the circuit is open. The health checks
     # have not run since start-up, so they still say healthy: it is the breaker's verdict.
-    status = await eventually(lambda: edge_status(gateway), lambda s: s["circuit"] == "open", 5)
+    status = await eventually_value(
+        lambda: edge_status(gateway), lambda s: s["circuit"] == "open", 5
+    )
     assert status == {"node": "edge-1", "healthy": True, "circuit": "open"}
     assert await edge_gauge(gateway, "gateway_node_circuit_state") == 2  # open
 
@@ -257,11 +242,11 @@ async def test_killed_mid_stream_the_cloud_finishes_and_the_circuit_opens(
     assert await edge_attempts(gateway) == before
     assert cloud.calls == 3
 
-    samples = await metric_samples(gateway)
-    continued = ("from_tier", "edge"), ("result", "ok"), ("to_tier", "cloud")
-    assert samples[("gateway_continuations_total", (("form", "prefill"), *continued))] == 1
-    fell_back = ("from_tier", "edge"), ("reason", "connect_error"), ("to_tier", "cloud")
-    assert samples[("gateway_fallbacks_total", fell_back)] == 1
+    metrics = await scrape_metrics(gateway)
+    continued = {"from_tier": "edge", "to_tier": "cloud", "form": "prefill", "result": "ok"}
+    assert metrics.value("gateway_continuations_total", **continued) == 1
+    fell_back = {"from_tier": "edge", "to_tier": "cloud", "reason": "connect_error"}
+    assert metrics.value("gateway_fallbacks_total", **fell_back) == 1
 
     assert_reaped_and_log_kept(node)
 
@@ -277,7 +262,9 @@ async def test_killed_mid_stream_the_health_checks_take_the_node_out(
     assert_finished_by_the_cloud(out, node, cloud)
 
     # Two failed checks in a row mark it down; the cut stream alone did not open the circuit.
-    status = await eventually(lambda: edge_status(gateway), lambda s: s["healthy"] is False, 10)
+    status = await eventually_value(
+        lambda: edge_status(gateway), lambda s: s["healthy"] is False, 10
+    )
     assert status == {"node": "edge-1", "healthy": False, "circuit": "closed"}
     assert await edge_gauge(gateway, "gateway_node_up") == 0
 

@@ -8,29 +8,26 @@ import time
 import openai
 import pytest
 
-from gateway.state import STATE
+from gateway.state import FORWARDER
 from gateway.upstream.continuation import CONTINUE_PROMPT
-from tests.gateway.resilience.conftest import SIMPLE, TEXT, policy, raw_stream, sdk
+from tests.gateway.resilience.conftest import SIMPLE, TEXT, policy, raw_stream
+from tests.helpers import sdk
 from tests.scripted import Script, unused_port
 
 REST = (" the", " upstream", ".")  # what a continuation of "Hello from" adds
 
 
-async def edge_and_cloud(upstreams, make_gateway, *, edge: Script, cloud: Script, **kw):
-    e, c = await upstreams("edge-model"), await upstreams("cloud-model")
+async def edge_and_cloud(two_tiers, *, edge: Script, cloud: Script, **kw):
+    e, c, gateway = await two_tiers(**kw)
     e.script, c.script = edge, cloud
-    gateway = await make_gateway(
-        policy([(e.url, "edge-model")], [(c.url, "cloud-model")], **kw), health_checks=False
-    )
     return e, c, gateway
 
 
 async def test_a_cut_stream_is_finished_by_the_cloud_with_a_prefill_in_one_stream(
-    upstreams, make_gateway
+    two_tiers,
 ) -> None:
     edge, cloud, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="cut", cut_after=2, role_chunk=True),
         cloud=Script(chunks=REST, role_chunk=True),
     )
@@ -65,12 +62,9 @@ async def test_a_cut_stream_is_finished_by_the_cloud_with_a_prefill_in_one_strea
     assert asked["model"] == "cloud-model"
 
 
-async def test_the_sdk_reads_a_continued_stream_as_one_normal_answer(
-    upstreams, make_gateway
-) -> None:
+async def test_the_sdk_reads_a_continued_stream_as_one_normal_answer(two_tiers) -> None:
     _, _, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="cut", cut_after=3),
         cloud=Script(chunks=(" upstream", ".")),
     )
@@ -85,12 +79,9 @@ async def test_the_sdk_reads_a_continued_stream_as_one_normal_answer(
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
 
-async def test_a_rejected_prefill_is_asked_again_in_words_and_remembered(
-    upstreams, make_gateway
-) -> None:
+async def test_a_rejected_prefill_is_asked_again_in_words_and_remembered(two_tiers) -> None:
     _edge, cloud, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="cut", cut_after=2),
         cloud=Script(chunks=REST, reject_prefill=True),
     )
@@ -135,12 +126,9 @@ async def test_a_node_of_the_same_tier_continues_first_and_its_repetition_is_tri
     assert spare.seen[0].body["messages"][-1] == {"role": "user", "content": CONTINUE_PROMPT}
 
 
-async def test_a_continuation_that_says_something_else_is_relayed_whole(
-    upstreams, make_gateway
-) -> None:
+async def test_a_continuation_that_says_something_else_is_relayed_whole(two_tiers) -> None:
     _, _, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="cut", cut_after=2),
         cloud=Script(chunks=("Hel", "ium", " rises."), reject_prefill=True),
     )
@@ -150,12 +138,9 @@ async def test_a_continuation_that_says_something_else_is_relayed_whole(
     assert out.done
 
 
-async def test_a_stalled_stream_is_continued_after_the_idle_deadline(
-    upstreams, make_gateway
-) -> None:
+async def test_a_stalled_stream_is_continued_after_the_idle_deadline(two_tiers) -> None:
     edge, cloud, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="stall", cut_after=2),
         cloud=Script(chunks=REST),
         timeouts="{connect: 1, first_token: 2, idle: 0.5, total: 10}",
@@ -169,10 +154,9 @@ async def test_a_stalled_stream_is_continued_after_the_idle_deadline(
     assert stalled.disconnected_at <= cloud.seen[0].at + 0.2
 
 
-async def test_an_upstream_error_event_is_continued_not_forwarded(upstreams, make_gateway) -> None:
+async def test_an_upstream_error_event_is_continued_not_forwarded(two_tiers) -> None:
     _, cloud, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="error_event", cut_after=2),
         cloud=Script(chunks=REST),
     )
@@ -181,12 +165,9 @@ async def test_an_upstream_error_event_is_continued_not_forwarded(upstreams, mak
     assert cloud.calls == 1
 
 
-async def test_a_malformed_event_is_not_trusted_and_the_gateway_stays_healthy(
-    upstreams, make_gateway
-) -> None:
+async def test_a_malformed_event_is_not_trusted_and_the_gateway_stays_healthy(two_tiers) -> None:
     edge, cloud, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="malformed"),  # a garbled event after "Hello"
         cloud=Script(chunks=(" from", " the", " upstream", ".")),
     )
@@ -217,8 +198,8 @@ async def test_a_malformed_event_without_a_continuation_is_a_clean_error(
 @pytest.mark.parametrize(
     ("fallback", "cloud_up", "why"),
     [
-        ("  continuation: {enabled: false}\n", True, "disabled by the policy"),
-        ("", False, "no node could continue it"),
+        ({"continuation": {"enabled": False}}, True, "disabled by the policy"),
+        ({}, False, "no node could continue it"),
     ],
 )
 async def test_without_a_continuation_the_stream_ends_in_an_error_event(
@@ -258,7 +239,7 @@ async def test_continuations_are_bounded(upstreams, make_gateway) -> None:
         policy(
             [(e1.url, "edge-model"), (e2.url, "edge-model")],
             [(cloud.url, "cloud-model")],
-            fallback="  continuation: {max: 1}\n",
+            fallback={"continuation": {"max": 1}},
         ),
         health_checks=False,
     )
@@ -268,10 +249,9 @@ async def test_continuations_are_bounded(upstreams, make_gateway) -> None:
     assert (e1.calls, e2.calls, cloud.calls) == (1, 1, 0)
 
 
-async def test_a_non_streaming_answer_cut_mid_way_is_completed(upstreams, make_gateway) -> None:
+async def test_a_non_streaming_answer_cut_mid_way_is_completed(two_tiers) -> None:
     edge, cloud, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="cut", cut_after=2, role_chunk=True),
         cloud=Script(chunks=REST, role_chunk=True),
     )
@@ -306,11 +286,10 @@ async def test_a_non_streaming_answer_that_cannot_be_completed_is_a_502(
 
 
 async def test_a_continuation_too_long_for_the_window_is_not_taken_for_a_prefill_refusal(
-    upstreams, make_gateway
+    two_tiers,
 ) -> None:
     _edge, cloud, gateway = await edge_and_cloud(
-        upstreams,
-        make_gateway,
+        two_tiers,
         edge=Script(behaviour="cut", cut_after=2),
         cloud=Script(behaviour="status", status=400, error_code="context_length_exceeded"),
     )
@@ -319,4 +298,4 @@ async def test_a_continuation_too_long_for_the_window_is_not_taken_for_a_prefill
     assert out.errors[0]["code"] == "upstream_stream_truncated"  # not the cloud's 400
     assert not out.done
     assert cloud.calls == 1  # asking again in words would not fit either
-    assert gateway.app[STATE].forwarder.prefill_rejected == set()
+    assert gateway.app[FORWARDER].prefill_rejected == set()

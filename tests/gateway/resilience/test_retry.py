@@ -19,10 +19,11 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from gateway.routing.policy import FallbackSpec
-from gateway.state import STATE
+from gateway.policy.fallback import FallbackSpec
+from gateway.state import FORWARDER
 from gateway.upstream.retry import backoff_s, parse_retry_after, same_node_delay
-from tests.gateway.resilience.conftest import SIMPLE, TEXT, policy, sdk
+from tests.gateway.resilience.conftest import SIMPLE, TEXT, policy
+from tests.helpers import chat, sdk
 from tests.scripted import Script
 
 # -- the rules, as a table -----------------------------------------------------------------
@@ -85,42 +86,20 @@ def gaps(seen) -> list[float]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_429_with_retry_after_waits_then_retries_the_same_node(
-    upstreams, make_gateway, stream
-) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_429_with_retry_after_waits_then_retries_the_same_node(two_tiers, stream) -> None:
+    edge, cloud, gateway = await two_tiers()
     edge.queue = [Script(behaviour="status", status=429, retry_after="1")]
-    gateway = await make_gateway(
-        policy([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
-    async with sdk(gateway) as client:
-        raw = await client.chat.completions.with_raw_response.create(
-            model="auto", messages=SIMPLE, stream=stream
-        )
-        if stream:
-            text = "".join([c.choices[0].delta.content or "" async for c in raw.parse()])
-        else:
-            text = raw.parse().choices[0].message.content
-    assert text == TEXT
+    raw = await chat(gateway, stream=stream)
+    assert raw.text == TEXT
     assert raw.headers["x-gateway-node"] == "edge-1"
     assert (edge.calls, cloud.calls) == (2, 0)
     # Honoured: not sooner than asked, and not much later (at most +10 % spread + slack).
     assert 1.0 <= gaps(edge.seen)[0] < 1.6
 
 
-async def test_429_with_a_retry_after_beyond_the_budget_fails_over_at_once(
-    upstreams, make_gateway
-) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_429_with_a_retry_after_beyond_the_budget_fails_over_at_once(two_tiers) -> None:
+    edge, cloud, gateway = await two_tiers(fallback={"max_retry_wait_s": 2})
     edge.script = Script(behaviour="status", status=429, retry_after="30")
-    gateway = await make_gateway(
-        policy(
-            [(edge.url, "edge-model")],
-            [(cloud.url, "cloud-model")],
-            fallback="  max_retry_wait_s: 2\n",
-        ),
-        health_checks=False,
-    )
     started = time.monotonic()
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(model="auto", messages=SIMPLE)
@@ -130,19 +109,11 @@ async def test_429_with_a_retry_after_beyond_the_budget_fails_over_at_once(
     assert (edge.calls, cloud.calls) == (1, 1)
 
 
-async def test_429_without_retry_after_backs_off_a_bounded_number_of_times(
-    upstreams, make_gateway
-) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
-    edge.script = Script(behaviour="status", status=429)
-    gateway = await make_gateway(
-        policy(
-            [(edge.url, "edge-model")],
-            [(cloud.url, "cloud-model")],
-            fallback="  rate_limited_retries: 2\n  backoff_s: {base: 0.2, max: 2}\n",
-        ),
-        health_checks=False,
+async def test_429_without_retry_after_backs_off_a_bounded_number_of_times(two_tiers) -> None:
+    edge, cloud, gateway = await two_tiers(
+        fallback={"rate_limited_retries": 2, "backoff_s": {"base": 0.2, "max": 2}}
     )
+    edge.script = Script(behaviour="status", status=429)
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(model="auto", messages=SIMPLE)
     assert raw.headers["x-gateway-tier"] == "cloud"
@@ -154,17 +125,14 @@ async def test_429_without_retry_after_backs_off_a_bounded_number_of_times(
     assert cloud.seen[0].at - edge.seen[-1].at < 0.5  # the last 429 moved on at once
 
 
-async def test_429_everywhere_answers_503_with_the_upstreams_retry_after(
-    upstreams, make_gateway
-) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_429_everywhere_answers_503_with_the_upstreams_retry_after(two_tiers) -> None:
+    edge, cloud, gateway = await two_tiers()
     edge.script = cloud.script = Script(behaviour="status", status=429, retry_after="30")
-    gateway = await make_gateway(
-        policy([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
     async with (
         aiohttp.ClientSession() as session,
-        session.post(gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}) as response,
+        session.post(
+            gateway.url + "/v1/chat/completions", json={"model": "auto", "messages": SIMPLE}
+        ) as response,
     ):
         body = await response.json()
         assert response.status == 503
@@ -174,14 +142,9 @@ async def test_429_everywhere_answers_503_with_the_upstreams_retry_after(
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_single_500_is_retried_once_on_the_same_node(
-    upstreams, make_gateway, stream
-) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_a_single_500_is_retried_once_on_the_same_node(two_tiers, stream) -> None:
+    edge, cloud, gateway = await two_tiers()
     edge.queue = [Script(behaviour="status", status=500)]
-    gateway = await make_gateway(
-        policy([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(
             model="auto", messages=SIMPLE, stream=stream
@@ -193,12 +156,9 @@ async def test_a_single_500_is_retried_once_on_the_same_node(
     assert 0.1 <= gaps(edge.seen)[0] < 0.7  # backoff base 0.2: waits 0.1-0.2 s
 
 
-async def test_persistent_5xx_fails_over_after_one_retry(upstreams, make_gateway) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_persistent_5xx_fails_over_after_one_retry(two_tiers) -> None:
+    edge, cloud, gateway = await two_tiers()
     edge.script = Script(behaviour="status", status=502)
-    gateway = await make_gateway(
-        policy([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(model="auto", messages=SIMPLE)
     assert raw.parse().choices[0].message.content == TEXT
@@ -207,12 +167,9 @@ async def test_persistent_5xx_fails_over_after_one_retry(upstreams, make_gateway
     assert (edge.calls, cloud.calls) == (2, 1)
 
 
-async def test_503_is_not_retried_on_the_same_node(upstreams, make_gateway) -> None:
-    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+async def test_503_is_not_retried_on_the_same_node(two_tiers) -> None:
+    edge, cloud, gateway = await two_tiers()
     edge.script = Script(behaviour="status", status=503, retry_after="1")
-    gateway = await make_gateway(
-        policy([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
-    )
     started = time.monotonic()
     async with sdk(gateway) as client:
         raw = await client.chat.completions.with_raw_response.create(model="auto", messages=SIMPLE)
@@ -238,15 +195,8 @@ async def test_a_connection_reset_before_the_headers_is_retried_then_failed_over
         gateway = await make_gateway(
             policy([(edge.url, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
         )
-        async with sdk(gateway) as client:
-            raw = await client.chat.completions.with_raw_response.create(
-                model="auto", messages=SIMPLE, stream=stream
-            )
-            if stream:
-                text = "".join([c.choices[0].delta.content or "" async for c in raw.parse()])
-            else:
-                text = raw.parse().choices[0].message.content
-        assert text == TEXT
+        raw = await chat(gateway, stream=stream)
+        assert raw.text == TEXT
         assert (edge.calls, cloud.calls) == expected
         assert gaps(edge.seen)[0] >= 0.1
 
@@ -263,14 +213,16 @@ async def test_max_attempts_bounds_retries_and_failovers_together(upstreams, mak
         policy(
             [(e1.url, "edge-model"), (e2.url, "edge-model")],
             [(cloud.url, "cloud-model")],
-            fallback="  max_attempts: 3\n",
+            fallback={"max_attempts": 3},
         ),
         health_checks=False,
     )
-    gateway.app[STATE].forwarder.jitter = lambda: 0.0
+    gateway.app[FORWARDER].jitter = lambda: 0.0
     async with (
         aiohttp.ClientSession() as session,
-        session.post(gateway.url + "/v1/chat/completions", json={"messages": SIMPLE}) as response,
+        session.post(
+            gateway.url + "/v1/chat/completions", json={"model": "auto", "messages": SIMPLE}
+        ) as response,
     ):
         body = await response.json()
         assert response.status == 503

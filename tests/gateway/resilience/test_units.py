@@ -7,11 +7,14 @@ import json
 
 import pytest
 
-from gateway.routing.policy import PolicyError, parse_policy
-from gateway.upstream.aggregate import CompletionBuilder
-from gateway.upstream.chunks import AnswerState, has_output, parse_chunk
-from gateway.upstream.continuation import CONTINUE_PROMPT, _RepeatGuard, continuation_body
+from gateway.policy.errors import PolicyError
+from gateway.policy.parse import parse_policy
+from gateway.upstream.answer_record import AttemptRecord
+from gateway.upstream.chunks import has_output, parse_chunk
+from gateway.upstream.continuation import CONTINUE_PROMPT, continuation_body
+from gateway.upstream.repeat_guard import RepeatGuard
 from tests.conftest import policy_yaml
+from tests.helpers import assemble
 
 
 def parse(fallback: str):
@@ -72,16 +75,16 @@ def test_continuation_bodies() -> None:
 
 
 def test_repeat_guard() -> None:
-    guard = _RepeatGuard("Hello from")
+    guard = RepeatGuard("Hello from")
     assert guard.feed("Hel") is None  # could still be a repeat
     assert guard.feed("lo fr") is None
     assert guard.feed("om the") == " the"  # it was: only the new part is released
-    guard = _RepeatGuard("Hello from")
+    guard = RepeatGuard("Hello from")
     assert guard.feed("Hel") is None
     assert guard.feed("p!") == "Help!"  # it was not: everything held is released
 
 
-def test_answer_state_and_first_token_detection() -> None:
+def test_attempt_record_and_first_token_detection() -> None:
     role = parse_chunk(b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}')
     text = parse_chunk(b'{"id":"a","model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]}')
     tool = parse_chunk(b'{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c"}]}}]}')
@@ -90,24 +93,19 @@ def test_answer_state_and_first_token_detection() -> None:
     assert not has_output(role)
     assert has_output(text) and has_output(tool) and has_output(done)
     assert parse_chunk(b"{not json") is None and parse_chunk(b"[1]") is None
-    state = AnswerState()
+    state = AttemptRecord(tier="edge", node="e")
     for chunk in (role, text, done):
         state.observe(chunk)
-    assert (state.id, state.model, state.partial_text, state.finish_reason) == (
-        "a",
-        "m",
-        "Hi",
-        "stop",
-    )
+    assert (state.response_id, state.model, state.finish_reason) == ("a", "m", "stop")
     assert state.output_chunks == 1 and not state.tool_calls
     state.observe(tool)
     assert state.tool_calls
 
 
 def test_completion_builder_assembles_text_tool_calls_and_logprobs() -> None:
-    builder = CompletionBuilder()
     events = [
-        {"id": "x", "created": 7, "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"id": "x", "created": 7, "model": "m",
+         "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
         {"choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": {"content": [1]}}]},
         {"choices": [{"index": 0, "delta": {"content": " there"}, "logprobs": {"content": [2]}}]},
         {
@@ -127,19 +125,18 @@ def test_completion_builder_assembles_text_tool_calls_and_logprobs() -> None:
             {"index": 0, "function": {"arguments": " 1}"}}]}}]},
         {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
     ]  # fmt: skip
-    for event in events:
-        builder.add(json.dumps(event).encode())
-    builder.add(b"[DONE]")
     usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
-    body = builder.build(model="m", usage=usage)  # type: ignore[arg-type]
+    body = assemble(events, usage=usage)
     assert body["id"] == "x" and body["created"] == 7 and body["model"] == "m"
     assert body["object"] == "chat.completion" and body["usage"] == usage
     (choice,) = body["choices"]  # type: ignore[misc]
     assert choice["finish_reason"] == "tool_calls"
-    assert choice["logprobs"] == {"content": [1, 2]}
+    assert choice["logprobs"] == {"content": [1, 2], "refusal": None}
     assert choice["message"] == {
         "role": "assistant",
         "content": "Hi there",
+        "refusal": None,
+        "annotations": [],
         "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
         ],
@@ -147,7 +144,7 @@ def test_completion_builder_assembles_text_tool_calls_and_logprobs() -> None:
 
 
 def test_an_answer_with_several_choices_is_finished_only_when_all_are() -> None:
-    state = AnswerState()
+    state = AttemptRecord(tier="edge", node="e")
     for index in (0, 1):
         chunk = parse_chunk(
             json.dumps({"choices": [{"index": index, "delta": {"content": "x"}}]}).encode()

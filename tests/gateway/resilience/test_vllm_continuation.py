@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures.vllm import VllmNode
-from tests.gateway.resilience.conftest import SIMPLE, metric_samples, policy, raw_stream
+from tests.gateway.resilience.conftest import SIMPLE, policy, raw_stream
+from tests.helpers import scrape_metrics
 from tests.scripted import Script
 
 # The vllm fixture plugin widens this test's timeout by vLLM's start-up budget.
@@ -45,9 +46,7 @@ async def test_real_vllm_continues_a_cut_answer_by_prefill(
     assert writers == {"edge-model", vllm_node.model}
     usage = out.chunks[-1]["usage"]
     assert usage["completion_tokens"] > 3  # the cut attempt's 3 chunks plus vLLM's tokens
-    samples = await metric_samples(gateway)
-    key = (
-        "gateway_continuations_total",
-        (("form", "prefill"), ("from_tier", "edge"), ("result", "ok"), ("to_tier", "cloud")),
-    )
-    assert samples.get(key) == 1  # accepted as a prefill: no rejection, no fallback to words
+    metrics = await scrape_metrics(gateway)
+    continued = {"from_tier": "edge", "to_tier": "cloud", "form": "prefill", "result": "ok"}
+    # Accepted as a prefill: no rejection, no fallback to words.
+    assert metrics.value("gateway_continuations_total", **continued) == 1

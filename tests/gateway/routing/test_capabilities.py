@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.routing.capabilities import DEFAULT_SUPPORTS, RequestNeeds, request_needs
+from gateway.policy.capabilities import DEFAULT_SUPPORTS
+from gateway.policy.errors import PolicyError
+from gateway.policy.model import NodeSpec
+from gateway.policy.parse import parse_policy
 from gateway.routing.classifier import HeuristicClassifier
 from gateway.routing.decide import RoutingRequest, decide
-from gateway.routing.policy import NodeSpec, PolicyError, parse_policy
+from gateway.routing.needs import RequestNeeds, request_needs
 from gateway.upstream.pool import NodePool
 
 USER = {"role": "user", "content": "hi"}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.policy.parse import parse_policy
 from gateway.routing.classifier import HeuristicClassifier
 from gateway.routing.decide import RoutingRequest, decide
-from gateway.routing.policy import parse_policy
 
 POLICY = """
 version: 1

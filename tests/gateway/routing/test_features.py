@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from gateway.protocol import ChatMessage
 from gateway.routing.features import (
     EXACT_TOKEN_CHARS,
     FEATURE_NAMES,
@@ -17,7 +16,8 @@ from gateway.routing.features import (
     estimate_tokens,
     extract_features,
 )
-from gateway.routing.tokens import count_tokens
+from gateway.tokens import count_tokens
+from hybrid_common.protocol import ChatMessage
 
 MCQ = "Which of the following is NOT a prime number?\nA. 2\nB. 3\nC. 9\nD. 11\nAnswer:"
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.protocol import ChatMessage, Tier
+from gateway.policy.parse import parse_policy
 from gateway.routing.classifier import HeuristicClassifier
 from gateway.routing.decide import RoutingRequest, decide
 from gateway.routing.features import estimate_tokens
 from gateway.routing.fitted import conversation_tokens, decide_fitted, judged_view
-from gateway.routing.policy import parse_policy
+from hybrid_common.protocol import ChatMessage, Tier
 
 POLICY = parse_policy("""
 version: 1

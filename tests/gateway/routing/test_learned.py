@@ -1,4 +1,7 @@
-"""The shipped weights file, the pure-Python inference and the loader's refusals."""
+"""complexity-v1's weights file, the pure-Python inference and the loader's refusals.
+
+v1 (vocabulary, many weighted features) exercises every part of the runtime; the shipped
+default, complexity-v2, has its own tests in test_default_classifier.py."""
 
 from __future__ import annotations
 
@@ -11,21 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from gateway.protocol import ChatMessage
+from gateway.policy.errors import PolicyError
 from gateway.routing.classifier import build_classifier
 from gateway.routing.features import FEATURE_NAMES, FEATURE_SET_VERSION, extract_features
 from gateway.routing.learned import (
     DEFAULT_MODEL_PATH,
+    MODELS_DIR,
     LearnedClassifier,
     ModelFileError,
     load_learned_classifier,
     parse_model,
 )
-from gateway.routing.policy import PolicyError
 from gateway.routing.state import load_routing_state
+from hybrid_common.protocol import ChatMessage
 
 ROOT = Path(__file__).resolve().parents[3]
-DOC = json.loads(DEFAULT_MODEL_PATH.read_text(encoding="utf-8"))
+V1_PATH = MODELS_DIR / "complexity-v1.json"
+DOC = json.loads(V1_PATH.read_text(encoding="utf-8"))
 LAW = (
     "A landlord leased a commercial building to a tenant for a term of ten years. The lease "
     "contained a covenant that the tenant would not assign the lease without the landlord's "
@@ -39,14 +44,14 @@ LAW = (
 
 @pytest.fixture(scope="module")
 def classifier() -> LearnedClassifier:
-    return load_learned_classifier(None)
+    return load_learned_classifier(V1_PATH)
 
 
 def user(text: str) -> list[ChatMessage]:
     return [{"role": "user", "content": text}]
 
 
-def test_shipped_file_is_versioned_and_documents_its_training() -> None:
+def test_the_v1_file_is_versioned_and_documents_its_training() -> None:
     assert DOC["format"] == "gateway.complexity-model/1"
     assert DOC["version"] == "complexity-v1"
     assert DOC["feature_set_version"] == FEATURE_SET_VERSION
@@ -59,7 +64,7 @@ def test_shipped_file_is_versioned_and_documents_its_training() -> None:
     # The out-of-fold figure beats both baselines computed in the same run.
     assert cv["learned"]["apgr"] > cv["length"]["apgr"] > cv["random"]["apgr"]
     assert cv["learned"]["cpt50"] < cv["length"]["cpt50"]
-    assert DEFAULT_MODEL_PATH.stat().st_size < 100_000  # "small": a review can read it
+    assert V1_PATH.stat().st_size < 100_000  # "small": a review can read it
 
 
 def test_runtime_reproduces_the_training_scripts_scores(classifier: LearnedClassifier) -> None:
@@ -73,7 +78,9 @@ def test_runtime_reproduces_the_training_scripts_scores(classifier: LearnedClass
 
 def test_build_classifier_learned_uses_the_shipped_weights() -> None:
     built = build_classifier("learned", None)
-    assert built.name == "learned:complexity-v1"
+    assert built.name == "learned:complexity-v2"
+    assert build_classifier("learned", None, "complexity-v1").name == "learned:complexity-v1"
+    assert build_classifier("learned", DEFAULT_MODEL_PATH).name == "learned:complexity-v2"
     assert built.classify(user(LAW), max_tokens=None) == load_learned_classifier().classify(
         user(LAW), max_tokens=None
     )
@@ -137,8 +144,8 @@ def test_scores_do_not_depend_on_string_hashing() -> None:
     # Word weights are summed over a set whose order follows PYTHONHASHSEED.
     code = (
         "import json, sys\n"
-        "from gateway.routing.learned import load_learned_classifier\n"
-        "c = load_learned_classifier()\n"
+        "from gateway.routing.learned import load_learned_classifier, shipped_model_path\n"
+        "c = load_learned_classifier(shipped_model_path('complexity-v1'))\n"
         "m = [{'role': 'user', 'content': sys.argv[1]}]\n"
         "print(json.dumps(c.model.raw(__import__('gateway.routing.features', fromlist=['x'])"
         ".extract_features(m, max_tokens=None))))\n"

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 import pytest
 
-from tests.conftest import RunningGateway, policy_yaml
+from tests.conftest import RunningGateway, TwoTiersFactory
+from tests.helpers import Metrics, eventually_value, scrape_metrics, sdk
 from tests.scripted import ScriptedUpstream
 
-SESSIONS = """\
-sessions:
-  ttl_s: 600
-  max_turns: 50
-  redis_timeout_s: 0.3
-"""
+SESSIONS = {"ttl_s": 600, "max_turns": 50, "redis_timeout_s": 0.3}
 
 
 @dataclass(slots=True)
@@ -26,11 +23,9 @@ class SessionSetup:
     gateway: RunningGateway
     redis_url: str | None
 
-    def client(self) -> openai.AsyncOpenAI:
+    def client(self, api_key: str = "unused") -> openai.AsyncOpenAI:
         """The official SDK pointed at the gateway, without retries of its own."""
-        return openai.AsyncOpenAI(
-            base_url=self.gateway.url + "/v1", api_key="unused", max_retries=0
-        )
+        return sdk(self.gateway, api_key=api_key)
 
 
 def sid(session: str, tier: str | None = None, **more: str) -> dict[str, str]:
@@ -60,29 +55,34 @@ def texts(messages: list[dict[str, object]]) -> list[str]:
     return [f"{m['role']}:{m['content']}" for m in messages]
 
 
+async def spool_written_out(gateway: RunningGateway) -> Metrics:
+    """Wait until the spool is empty: an entry leaves it only once Redis acknowledged its
+    write, so nothing is left that could still land (or land twice)."""
+    return await eventually_value(
+        lambda: scrape_metrics(gateway),
+        lambda metrics: metrics.value("gateway_session_spool_turns") == 0,
+        15,
+        "the spool written out",
+    )
+
+
 @pytest.fixture
-async def make_sessions(upstreams, make_gateway):
-    """Build an edge + cloud pair of scripted upstreams and a gateway with ``sessions:``."""
+def make_sessions(two_tiers: TwoTiersFactory) -> Callable[..., Awaitable[SessionSetup]]:
+    """Build the two-tier setup with ``sessions:`` (``SESSIONS`` unless given), wired to
+    Redis at ``redis_url`` (none: sessions off); other keywords go to the policy builder
+    (``tiers={"edge": {"context_window": 512}}``, ``routing={"rules": [...]}``)."""
 
     async def start(
         redis_url: str | None,
         *,
-        sessions: str = SESSIONS,
-        edge_window: int = 2048,
-        cloud_window: int = 8192,
-        edit: Callable[[str], str] = lambda text: text,
-        **settings: object,
+        sessions: Mapping[str, object] = SESSIONS,
+        api_keys: frozenset[str] = frozenset(),
+        **policy: Any,
     ) -> SessionSetup:
-        """``edit`` rewrites the policy text (rules, per-tier keys) before the gateway starts."""
-        edge = await upstreams("edge-model")
-        cloud = await upstreams("cloud-model")
-        policy = policy_yaml(
-            [(edge.url, "edge-model")], [(cloud.url, "cloud-model")], extra=sessions
-        )
-        policy = policy.replace("context_window: 2048", f"context_window: {edge_window}")
-        policy = policy.replace("context_window: 8192", f"context_window: {cloud_window}")
-        gateway = await make_gateway(
-            edit(policy), health_checks=False, redis_url=redis_url, **settings
+        edge, cloud, gateway = await two_tiers(
+            sessions=sessions,
+            settings={"redis_url": redis_url, "api_keys": api_keys},
+            **policy,
         )
         return SessionSetup(edge=edge, cloud=cloud, gateway=gateway, redis_url=redis_url)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.routing.tokens import count_tokens
+from gateway.tokens import count_tokens
 from tests.gateway.sessions.conftest import ask, seen_messages, sid, texts
 from tests.scripted import Script
 
@@ -14,10 +14,7 @@ CLOUD_DEFAULT = 512  # no default_max_tokens of its own: sessions.completion_res
 USABLE_EDGE = int(2048 * 0.9)  # the test policy's edge window less the 10 % safety margin
 
 
-def edge_default(policy: str) -> str:
-    return policy.replace(
-        "context_window: 2048\n", f"context_window: 2048\n    default_max_tokens: {EDGE_DEFAULT}\n"
-    )
+EDGE_BUDGET = {"edge": {"default_max_tokens": EDGE_DEFAULT}}
 
 
 def budget(upstream, index: int = -1) -> object:
@@ -32,7 +29,7 @@ async def answer_text(raw, stream: bool) -> str:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_each_tier_is_sent_its_default_max_tokens(make_sessions, stream) -> None:
-    setup = await make_sessions(None, edit=edge_default)
+    setup = await make_sessions(None, tiers=EDGE_BUDGET)
     async with setup.client() as client:
         raw = await ask(client, {}, "hi", stream=stream)  # routed: a short message, the edge
         assert await answer_text(raw, stream) == "Hello from the upstream."
@@ -59,7 +56,7 @@ async def test_each_tier_is_sent_its_default_max_tokens(make_sessions, stream) -
 async def test_a_prompt_that_leaves_less_room_than_the_reserve_is_warned_about(
     make_sessions, stream
 ) -> None:
-    setup = await make_sessions(None, edit=edge_default)
+    setup = await make_sessions(None, tiers=EDGE_BUDGET)
     document = "Summarize this: " + "word " * 1700
     room = USABLE_EDGE - 3 - (count_tokens(document) + 4)
     assert 0 < room < EDGE_DEFAULT
@@ -76,7 +73,7 @@ async def test_a_prompt_that_leaves_less_room_than_the_reserve_is_warned_about(
 
 @pytest.mark.redis
 async def test_a_session_turn_too_long_for_the_edge_window(redis_server, make_sessions) -> None:
-    setup = await make_sessions(redis_server.url, edit=edge_default)
+    setup = await make_sessions(redis_server.url, tiers=EDGE_BUDGET)
     setup.edge.script = Script(behaviour="echo")
     document = "Summarize this: " + "word " * 1700
     room = USABLE_EDGE - 3 - (count_tokens(document) + 4)

@@ -8,21 +8,17 @@ import asyncio
 import logging
 
 import aiohttp
-import openai
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.sessions.keys import SessionRef, owner_of_key, turns_key
 from tests.gateway.sessions.conftest import ask, seen_messages, sid, texts
+from tests.helpers import eventually_value
 from tests.scripted import Script
 
 pytestmark = pytest.mark.redis
 
 KEY_A, KEY_B = "key-a-0123456789", "key-b-9876543210"
-
-
-def client(setup, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=setup.gateway.url + "/v1", api_key=key, max_retries=0)
 
 
 async def api(setup, method: str, session: str, key: str) -> tuple[int, dict | None]:
@@ -41,7 +37,7 @@ async def test_another_key_can_neither_read_nor_continue_nor_delete_a_session(
 ) -> None:
     setup = await make_sessions(redis_server.url, api_keys=frozenset({KEY_A, KEY_B}))
     setup.edge.script = Script(behaviour="echo")
-    async with client(setup, KEY_A) as alice:
+    async with setup.client(KEY_A) as alice:
         await ask(alice, sid("user-42", "edge"), "my secret is 1234")
 
     # Reading: the same 404 as for an id nobody uses (existence is not revealed).
@@ -53,7 +49,7 @@ async def test_another_key_can_neither_read_nor_continue_nor_delete_a_session(
     assert "1234" not in str(body)
 
     # Chatting: key B's "user-42" is B's own session; the node never sees A's turns.
-    async with client(setup, KEY_B) as bob:
+    async with setup.client(KEY_B) as bob:
         raw = await ask(bob, sid("user-42", "edge"), "hello from b")
         assert raw.parse().choices[0].message.content == "[1] hello from b"
         assert texts(seen_messages(setup.edge)) == ["user:hello from b"]
@@ -70,7 +66,7 @@ async def test_another_key_can_neither_read_nor_continue_nor_delete_a_session(
     assert [t["content"] for t in body["turns"]] == ["my secret is 1234", "[1] my secret is 1234"]
 
     # A continues its own history.
-    async with client(setup, KEY_A) as alice:
+    async with setup.client(KEY_A) as alice:
         await ask(alice, sid("user-42", "edge"), "and then?")
     assert texts(seen_messages(setup.edge))[:2] == [
         "user:my secret is 1234", "assistant:[1] my secret is 1234",
@@ -93,15 +89,17 @@ async def test_a_caller_cannot_delete_another_callers_pending_turns(
     """The spool is per owner too: B's DELETE during an outage leaves A's turns queued."""
     setup = await make_sessions(redis_server.url, api_keys=frozenset({KEY_A, KEY_B}))
     await asyncio.to_thread(redis_server.stop)
-    async with client(setup, KEY_A) as alice:
+    async with setup.client(KEY_A) as alice:
         await ask(alice, sid("shared-name", "edge"), "a's turn")
     status, _ = await api(setup, "DELETE", "shared-name", KEY_B)
     assert status == 503  # Redis is down; B's own (empty) session could not be checked
     await asyncio.to_thread(redis_server.start)
-    deadline = asyncio.get_running_loop().time() + 15
-    while (await api(setup, "GET", "shared-name", KEY_A))[0] != 200:
-        assert asyncio.get_running_loop().time() < deadline, "A's turns were never replayed"
-        await asyncio.sleep(0.05)
+    await eventually_value(
+        lambda: api(setup, "GET", "shared-name", KEY_A),
+        lambda answer: answer[0] == 200,
+        15,
+        "A's turns replayed",
+    )
     assert (await api(setup, "GET", "shared-name", KEY_B))[0] == 404
 
 

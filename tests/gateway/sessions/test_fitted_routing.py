@@ -11,19 +11,20 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from gateway.routing.tokens import count_tokens
+from gateway.tokens import count_tokens
 from tests.gateway.sessions.conftest import ask, seen_messages, sid, texts
 from tests.scripted import Script
 
 pytestmark = pytest.mark.redis
 
-RULES = """\
-  rules:
-    - {when: {prompt_tokens_over: 1000}, tier: cloud, reason: long-prompt}
-    - when: {history_tokens_over: 4000, header: {x-app-plan: pro}}
-      tier: cloud
-      reason: long-chat-pro
-"""
+RULES = [
+    {"when": {"prompt_tokens_over": 1000}, "tier": "cloud", "reason": "long-prompt"},
+    {
+        "when": {"history_tokens_over": 4000, "header": {"x-app-plan": "pro"}},
+        "tier": "cloud",
+        "reason": "long-chat-pro",
+    },
+]
 EDGE_REPLY = "You're welcome."
 CLOUD_REPLY = "Summary: " + "the fox and the dog meet by the river. " * 35
 
@@ -32,10 +33,6 @@ def document(name: str) -> str:
     return f"Please summarize document {name}. " + (
         "The quick brown fox jumps over the lazy dog near the river bank. " * 80
     )
-
-
-def with_rules(policy: str) -> str:
-    return policy.replace("  allow_pinning: true\n", "  allow_pinning: true\n" + RULES)
 
 
 def judged(dropped: int) -> str:
@@ -64,7 +61,7 @@ TURNS: list[tuple[str, dict[str, str], str, tuple[str, str], int]] = [
 async def test_simple_turns_go_back_to_the_edge_once_the_fitted_prompt_is_small(
     redis_server, make_sessions
 ) -> None:
-    setup = await make_sessions(redis_server.url, edit=with_rules)
+    setup = await make_sessions(redis_server.url, routing={"rules": RULES})
     setup.edge.script = Script(chunks=(EDGE_REPLY,))
     setup.cloud.script = Script(chunks=(CLOUD_REPLY,))
     got: list[tuple[str, str, int]] = []
@@ -105,7 +102,7 @@ async def test_simple_turns_go_back_to_the_edge_once_the_fitted_prompt_is_small(
 async def test_without_the_fix_history_would_be_the_prompt(redis_server, make_sessions) -> None:
     """The same long history, judged whole, is long: a client that resends it without a
     session id owns its context, and routing sees all of it (the old behaviour)."""
-    setup = await make_sessions(redis_server.url, edit=with_rules)
+    setup = await make_sessions(redis_server.url, routing={"rules": RULES})
     setup.edge.script = Script(chunks=(EDGE_REPLY,))
     setup.cloud.script = Script(chunks=(CLOUD_REPLY,))
     history = [

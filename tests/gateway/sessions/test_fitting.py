@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.routing.tokens import count_tokens
 from gateway.sessions.fitting import Budget, fit, measure, message_tokens, tokens_at_most
+from gateway.tokens import count_tokens
 
 SYSTEM = [{"role": "system", "content": "You are terse."}]
 

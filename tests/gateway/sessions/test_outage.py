@@ -11,17 +11,17 @@ import time
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import GatewayMetrics
-from gateway.routing.policy import SessionsSpec, parse_policy
+from gateway.policy.model import SessionsSpec
+from gateway.policy.parse import parse_policy
 from gateway.sessions.keys import SessionRef, turns_key
 from gateway.sessions.service import SessionService
 from gateway.sessions.spool import PendingAppend
 from gateway.sessions.store import SessionStore
-from gateway.state import STATE
-from tests.conftest import policy_yaml
-from tests.gateway.sessions.conftest import ask, seen_messages, sid
+from gateway.state import SESSIONS
+from tests.gateway.sessions.conftest import ask, seen_messages, sid, spool_written_out
+from tests.helpers import eventually, policy_yaml, scrape_metrics
 from tests.scripted import Script
 
 pytestmark = pytest.mark.redis
@@ -48,17 +48,6 @@ async def wait_for_turns(url: str, session: str, count: int, timeout_s: float = 
             pass
         assert time.monotonic() < deadline, f"{session}: {count} turns never arrived"
         await asyncio.sleep(0.05)
-
-
-async def metrics(gateway_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{gateway_url}/metrics") as response:
-            text = await response.text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def pairs(*texts: str) -> list[str]:
@@ -92,21 +81,20 @@ async def test_stopped_redis_spool_then_replay_in_order_exactly_once(
         assert raw.headers[WARNING] == "store-unavailable"
         # Served without the stored history, but with this replica's own pending turns.
         assert [len(s.body["messages"]) for s in setup.edge.seen] == [1, 1, 3, 5]
-        before = await metrics(setup.gateway.url)
-        assert before[("gateway_session_spooled_turns_total", ())] == 6
-        assert before[("gateway_session_spool_turns", ())] == 6
-        assert before[("gateway_session_store_errors_total", (("op", "load"),))] >= 1
+        before = await scrape_metrics(setup.gateway)
+        assert before.value("gateway_session_spooled_turns_total") == 6
+        assert before.value("gateway_session_spool_turns") == 6
+        assert before.value("gateway_session_store_errors_total", op="load") >= 1
 
         await asyncio.to_thread(redis_server.start)  # back, empty: it persisted nothing
         await wait_for_turns(redis_server.url, "out", 6)
-        await asyncio.sleep(0.3)  # a duplicate replay would have landed by now
+        after = await spool_written_out(setup.gateway)
         assert await redis_turns(redis_server.url, "out") == pairs(
             ("two", 1), ("three", 3), ("four", 5)
         )
-        after = await metrics(setup.gateway.url)
-        assert after[("gateway_session_replayed_turns_total", ())] == 6
-        assert after[("gateway_session_spool_turns", ())] == 0
-        assert after[("gateway_session_spool_dropped_turns_total", ())] == 0
+        assert after.value("gateway_session_replayed_turns_total") == 6
+        assert after.value("gateway_session_spool_turns") == 0
+        assert after.value("gateway_session_spool_dropped_turns_total") == 0
 
         raw = await ask(client, sid("out", "edge"), "five")
         assert WARNING not in raw.headers
@@ -127,15 +115,15 @@ async def test_frozen_redis_keeps_its_data_and_the_turns_arrive_in_order(
                 raw = await ask(client, sid("frz", "edge"), text)
                 assert raw.headers[WARNING] == "store-unavailable"
             elapsed = time.monotonic() - started
-            during = await metrics(setup.gateway.url)
+            during = await scrape_metrics(setup.gateway)
         finally:
             redis_server.resume()
         # Only the first request waited for Redis (0.3 s deadline); the others knew it was
         # down and did not ask. Generous bound: the machine is shared.
-        assert during[("gateway_session_store_errors_total", (("op", "load"),))] == 1
+        assert during.value("gateway_session_store_errors_total", op="load") == 1
         assert elapsed < 3.0
         await wait_for_turns(redis_server.url, "frz", 8)
-        await asyncio.sleep(0.3)
+        await spool_written_out(setup.gateway)
         assert await redis_turns(redis_server.url, "frz") == pairs(
             ("one", 1), ("two", 1), ("three", 3), ("four", 5)
         )
@@ -153,7 +141,8 @@ async def test_an_append_lost_in_flight_is_replayed_without_a_duplicate(
     async with setup.client() as client:
 
         async def freeze_during_generation() -> None:
-            await asyncio.sleep(0.15)  # the history was loaded; the upstream is thinking
+            # Once the upstream has the request, the history was loaded; it thinks for 0.4 s.
+            await eventually(lambda: setup.edge.calls == 1, what="the upstream asked")
             redis_server.pause()
 
         freezer = asyncio.create_task(freeze_during_generation())
@@ -164,30 +153,30 @@ async def test_an_append_lost_in_flight_is_replayed_without_a_duplicate(
         finally:
             redis_server.resume()
         await wait_for_turns(redis_server.url, "lost", 4)
-        await asyncio.sleep(0.3)
+        # The frozen append's bytes were in Redis's buffer when it thawed: it ran before
+        # Redis answered the replay of the same request, which emptied the spool.
+        after = await spool_written_out(setup.gateway)
         assert await redis_turns(redis_server.url, "lost") == pairs(("one", 1), ("two", 3))
-        assert (await metrics(setup.gateway.url))[
-            ("gateway_session_store_errors_total", (("op", "append"),))
-        ] == 1
+        assert after.value("gateway_session_store_errors_total", op="append") == 1
 
 
 async def test_a_full_spool_drops_the_oldest_turns_and_counts_them(
     redis_server, make_sessions
 ) -> None:
     setup = await make_sessions(
-        redis_server.url, sessions="sessions: {spool_max_turns: 4, redis_timeout_s: 0.3}\n"
+        redis_server.url, sessions={"spool_max_turns": 4, "redis_timeout_s": 0.3}
     )
     setup.edge.script = Script(behaviour="echo")
     await asyncio.to_thread(redis_server.stop)
     async with setup.client() as client:
         for text in ("one", "two", "three"):
             await ask(client, sid("full", "edge"), text)
-    during = await metrics(setup.gateway.url)
-    assert during[("gateway_session_spool_dropped_turns_total", ())] == 2
-    assert during[("gateway_session_spool_turns", ())] == 4
+    during = await scrape_metrics(setup.gateway)
+    assert during.value("gateway_session_spool_dropped_turns_total") == 2
+    assert during.value("gateway_session_spool_turns") == 4
     await asyncio.to_thread(redis_server.start)
     await wait_for_turns(redis_server.url, "full", 4)
-    await asyncio.sleep(0.3)
+    await spool_written_out(setup.gateway)
     # The turns of "one" were dropped when "three" needed room (after it was answered
     # with them in its history: they were still pending then).
     assert await redis_turns(redis_server.url, "full") == pairs(("two", 3), ("three", 5))
@@ -249,12 +238,12 @@ async def test_erasing_during_an_outage_forgets_the_pending_turns(
     await asyncio.to_thread(redis_server.stop)
     async with setup.client() as client:
         await ask(client, sid("gone", "edge"), "secret")
-    assert (await metrics(setup.gateway.url))[("gateway_session_spool_turns", ())] == 2
+    assert (await scrape_metrics(setup.gateway)).value("gateway_session_spool_turns") == 2
     async with aiohttp.ClientSession() as http:
         async with http.delete(f"{setup.gateway.url}/v1/sessions/gone") as response:
             assert response.status == 503
             assert response.headers["Retry-After"]
-    assert (await metrics(setup.gateway.url))[("gateway_session_spool_turns", ())] == 0
+    assert (await scrape_metrics(setup.gateway)).value("gateway_session_spool_turns") == 0
     await asyncio.to_thread(redis_server.start)
     async with setup.client() as client:
         await ask(client, sid("after", "edge"), "canary")  # replayed or written after "gone"
@@ -279,11 +268,11 @@ async def test_a_key_redis_refuses_costs_that_session_only(redis_server, make_se
     assert broken.parse().choices[0].message.content == "Hello from the upstream."
     assert WARNING not in fine.headers
     assert len(await redis_turns(redis_server.url, "fine")) == 2
-    after = await metrics(setup.gateway.url)
-    assert after[("gateway_session_store_errors_total", (("op", "load"),))] == 1
-    assert after[("gateway_session_store_errors_total", (("op", "append"),))] == 1
-    assert after[("gateway_session_spool_dropped_turns_total", ())] == 2
-    assert after[("gateway_session_spool_turns", ())] == 0
+    after = await scrape_metrics(setup.gateway)
+    assert after.value("gateway_session_store_errors_total", op="load") == 1
+    assert after.value("gateway_session_store_errors_total", op="append") == 1
+    assert after.value("gateway_session_spool_dropped_turns_total") == 2
+    assert after.value("gateway_session_spool_turns") == 0
 
 
 async def test_a_poisoned_spool_entry_is_set_aside_and_the_rest_replayed(
@@ -294,7 +283,7 @@ async def test_a_poisoned_spool_entry_is_set_aside_and_the_rest_replayed(
     counted and logged (the session hashed, no text), and the replayer goes on."""
     setup = await make_sessions(redis_server.url)
     setup.edge.script = Script(behaviour="echo")
-    service = setup.gateway.app[STATE].sessions
+    service = setup.gateway.app[SESSIONS]
     assert service is not None
     poison = SessionRef("poisoned")
     await asyncio.to_thread(redis_server.stop)
@@ -319,11 +308,11 @@ async def test_a_poisoned_spool_entry_is_set_aside_and_the_rest_replayed(
     assert await redis_turns(redis_server.url, "b") == pairs(("b1", 1), ("b2", 3))
     assert await redis_turns(redis_server.url, "c") == pairs(("c1", 1))
     assert await redis_turns(redis_server.url, "poisoned") == []
-    after = await metrics(setup.gateway.url)
-    assert after[("gateway_session_spool_poisoned_total", ())] == 1
-    assert after[("gateway_session_spool_dropped_turns_total", ())] == 1
-    assert after[("gateway_session_replayed_turns_total", ())] == 10  # each exactly once
-    assert after[("gateway_session_spool_turns", ())] == 0
+    after = await spool_written_out(setup.gateway)
+    assert after.value("gateway_session_spool_poisoned_total") == 1
+    assert after.value("gateway_session_spool_dropped_turns_total") == 1
+    assert after.value("gateway_session_replayed_turns_total") == 10  # each exactly once
+    assert after.value("gateway_session_spool_turns") == 0
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == [
         f"session spool: set aside request p1 of session {poison.log_id} (1 turns) after an "
@@ -363,7 +352,8 @@ async def test_a_node_reply_with_a_lone_surrogate_is_stored_repaired(
     await asyncio.to_thread(redis_server.start)
     await wait_for_turns(redis_server.url, "down", 2)
     assert await redis_turns(redis_server.url, "down") == ["user:hi", "assistant:bad \ufffd text"]
-    assert (await metrics(setup.gateway.url))[("gateway_session_spool_poisoned_total", ())] == 0
+    metrics = await scrape_metrics(setup.gateway)
+    assert metrics.value("gateway_session_spool_poisoned_total") == 0
 
 
 async def test_an_unexpected_error_in_the_replay_loop_is_logged_counted_and_survived(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.routing.policy import PolicyError, parse_policy
+from gateway.policy.errors import PolicyError
+from gateway.policy.parse import parse_policy
 
 GOOD = """version: 1
 tiers:

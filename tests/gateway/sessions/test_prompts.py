@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.protocol import TIERS
-from gateway.routing.answer_budget import default_max_tokens
-from gateway.routing.policy import PolicyError, parse_policy
-from gateway.routing.tokens import count_tokens
+from gateway.policy.answer_budget import default_max_tokens
+from gateway.policy.errors import PolicyError
+from gateway.policy.parse import parse_policy
 from gateway.sessions.prompts import TierPrompts
+from gateway.tokens import count_tokens
+from hybrid_common.protocol import TIERS
 
 POLICY = """\
 version: 1

@@ -10,11 +10,11 @@ import aiohttp
 import openai
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.routing.tokens import count_tokens
 from gateway.sessions.keys import SessionRef, turns_key
+from gateway.tokens import count_tokens
 from tests.gateway.sessions.conftest import ask, seen_messages, sid, texts
+from tests.helpers import scrape_metrics
 from tests.scripted import Script
 
 pytestmark = pytest.mark.redis
@@ -258,28 +258,14 @@ async def test_sdk_streams_with_a_session_are_served_and_counted_ok(
     assert turns == [
         line for i in range(count) for line in (f"user:q{i}", f"assistant:[{2 * i + 1}] q{i}")
     ]
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{setup.gateway.url}/metrics") as response:
-            text = await response.text()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    outcomes = {
-        dict(labels)["outcome"]: value
-        for (name, labels), value in samples.items()
-        if name == "gateway_requests_total"
-    }
+    metrics = await scrape_metrics(setup.gateway)
+    outcomes = {s.labels["outcome"]: s.value for s in metrics.samples("gateway_requests_total")}
     assert outcomes == {"ok": count}
     # The echo answer is 2 chunks; the prompt grows by 2 messages per turn (5 tokens each).
-    completion = (("direction", "completion"), ("tier", "edge"))
-    assert samples[("gateway_tokens_total", completion)] == 2 * count
+    assert metrics.value("gateway_tokens_total", tier="edge", direction="completion") == 2 * count
     statuses = {
-        dict(labels)["status"]
-        for (name, labels), _ in samples.items()
-        if name == "gateway_http_responses_total"
-        and dict(labels)["route"] == "/v1/chat/completions"
+        s.labels["status"]
+        for s in metrics.samples("gateway_http_responses_total", route="/v1/chat/completions")
     }
     assert "500" not in statuses
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -305,7 +291,7 @@ async def test_concurrent_requests_on_one_session_lose_and_mix_nothing(
 
 
 async def test_trimming_to_the_edge_window_drops_oldest_turns(redis_server, make_sessions) -> None:
-    setup = await make_sessions(redis_server.url, edge_window=512)
+    setup = await make_sessions(redis_server.url, tiers={"edge": {"context_window": 512}})
     setup.edge.script = Script(chunks=("answer " * 40,))
     setup.cloud.script = Script(chunks=("answer " * 40,))
     system = {"role": "system", "content": "You are terse."}
@@ -341,7 +327,7 @@ async def test_trimming_to_the_edge_window_drops_oldest_turns(redis_server, make
 
 
 async def test_max_turns_caps_the_stored_history(redis_server, make_sessions) -> None:
-    setup = await make_sessions(redis_server.url, sessions="sessions: {max_turns: 4}\n")
+    setup = await make_sessions(redis_server.url, sessions={"max_turns": 4})
     setup.edge.script = Script(behaviour="echo")
     async with setup.client() as client:
         for text in ("one", "two", "three"):
@@ -352,7 +338,7 @@ async def test_max_turns_caps_the_stored_history(redis_server, make_sessions) ->
 
 
 async def test_ttl_is_refreshed_on_every_turn(redis_server, make_sessions) -> None:
-    setup = await make_sessions(redis_server.url, sessions="sessions: {ttl_s: 600}\n")
+    setup = await make_sessions(redis_server.url, sessions={"ttl_s": 600})
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
         async with setup.client() as client:
@@ -439,7 +425,7 @@ async def test_an_empty_session_header_is_400_with_the_sdk(redis_server, make_se
 
 
 async def test_session_id_from_the_user_field(redis_server, make_sessions) -> None:
-    setup = await make_sessions(redis_server.url, sessions="sessions: {id_from_user: true}\n")
+    setup = await make_sessions(redis_server.url, sessions={"id_from_user": True})
     setup.edge.script = Script(behaviour="echo")
     async with setup.client() as client:
         await ask(client, {"x-gateway-tier": "edge"}, "one", user="alice")
@@ -492,23 +478,16 @@ async def test_session_api_is_behind_the_api_key(redis_server, make_sessions) ->
 
 
 async def test_session_metrics_are_exported(redis_server, make_sessions) -> None:
-    setup = await make_sessions(redis_server.url, edge_window=256)
+    setup = await make_sessions(redis_server.url, tiers={"edge": {"context_window": 256}})
     setup.edge.script = Script(chunks=("answer " * 40,))
     async with setup.client() as client:
         for i in range(4):
             await ask(client, sid("m", "edge"), f"q{i} " + "word " * 40, max_tokens=32)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{setup.gateway.url}/metrics") as response:
-            text = await response.text()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    assert samples[("gateway_session_context_dropped_turns_total", (("tier", "edge"),))] > 0
-    assert samples[("gateway_session_store_seconds_count", (("op", "append"),))] == 4
-    assert samples[("gateway_session_store_seconds_count", (("op", "load"),))] == 4
-    assert samples[("gateway_session_spool_turns", ())] == 0
+    metrics = await scrape_metrics(setup.gateway)
+    assert metrics.value("gateway_session_context_dropped_turns_total", tier="edge") > 0
+    assert metrics.value("gateway_session_store_seconds_count", op="append") == 4
+    assert metrics.value("gateway_session_store_seconds_count", op="load") == 4
+    assert metrics.value("gateway_session_spool_turns") == 0
 
 
 async def test_an_answer_continued_on_the_other_tier_is_stored_whole(
@@ -542,7 +521,7 @@ async def test_an_answer_continued_on_the_other_tier_is_stored_whole(
 async def test_an_odd_cap_never_starts_the_history_with_an_answer(
     redis_server, make_sessions
 ) -> None:
-    setup = await make_sessions(redis_server.url, sessions="sessions: {max_turns: 3}\n")
+    setup = await make_sessions(redis_server.url, sessions={"max_turns": 3})
     setup.edge.script = Script(behaviour="echo")
     async with setup.client() as client:
         for text in ("one", "two", "three"):

@@ -1,8 +1,8 @@
 """The policy's ``fallback`` section: what the gateway does when a node fails, and when.
 
 Retries, failover across nodes and tiers, backoff, per-phase deadlines and mid-stream
-continuation are read from these values by ``gateway.upstream``; :mod:`gateway.routing.policy`
-holds them in :class:`~gateway.routing.policy.Policy` and re-exports them.
+continuation are read from these values by ``gateway.upstream``;
+:class:`gateway.policy.model.Policy` holds them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Final, cast, get_args
 
 from gateway.errors import FailureKind
-from gateway.protocol import TIERS, Tier
-from gateway.routing.policy_reader import PolicyReader
+from gateway.policy.reader import PolicyReader
+from hybrid_common.protocol import TIERS, Tier
 
 FAILURE_KINDS: Final[tuple[str, ...]] = get_args(FailureKind)
 

@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from gateway.routing.policy_reader import PolicyError
+from gateway.policy.errors import PolicyError
 
 MAX_POLICY_BYTES: Final = 1 << 20
 """A policy is a few KB; 1 MiB leaves room for hundreds of nodes and rules."""
@@ -85,3 +85,6 @@ def _check(path: Path, info: os.stat_result, max_bytes: int) -> None:
 
 def _error(path: Path, message: str) -> PolicyError:
     return PolicyError(message, key="", line=None, source=str(path))
+
+
+__all__ = ["MAX_POLICY_BYTES", "MAX_WEIGHTS_BYTES", "check_file", "read_policy_text"]

@@ -1,7 +1,9 @@
 """Wire types of the OpenAI chat-completions format, shared by the gateway and the nodes.
 
-Only the fields the gateway reads or writes are spelled out; every other field a client
-sends passes through untouched (the TypedDicts are ``total=False``).
+Only the fields the gateway or a node reads or writes are spelled out; every other field
+a client sends passes through untouched (the TypedDicts are ``total=False``). ``Tier``
+names the two tiers: the gateway routes between them and each node answers to its
+tier's name as a model alias.
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ class Usage(TypedDict):
 class ChoiceMessage(TypedDict, total=False):
     role: str
     content: str | None
+    refusal: str | None
+    annotations: list[dict[str, object]]
 
 
 class Choice(TypedDict, total=False):
     index: int
     message: ChoiceMessage
+    logprobs: dict[str, object] | None
     finish_reason: str | None
 
 

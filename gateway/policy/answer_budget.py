@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-from gateway.protocol import Tier
-from gateway.routing.policy_reader import PolicyReader
+from gateway.policy.reader import PolicyReader
+from hybrid_common.protocol import Tier
 
 if TYPE_CHECKING:
-    from gateway.routing.policy import Policy
+    from gateway.policy.model import Policy
 
 DEFAULT_MAX_TOKENS_KEY: Final = "default_max_tokens"
 

@@ -1,148 +1,38 @@
-"""The routing policy: frozen values parsed from the operator's YAML file.
+"""Parsing the policy file into :mod:`gateway.policy.model`'s frozen values.
 
 Validation is strict (unknown keys are errors, since a typo would otherwise silently fall
-back to a default) and every error names the key path and its line in the file.
+back to a default) and every error names the key path and its line in the file. The only
+module of the package that loads the YAML parser.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Final, cast, get_args
+from typing import cast, get_args
 
-from gateway.protocol import TIERS, Tier
-from gateway.routing.answer_budget import parse_default_max_tokens
-from gateway.routing.capabilities import DEFAULT_SUPPORTS, Capability, parse_needs, parse_supports
-from gateway.routing.classifier import ClassifierKind
-from gateway.routing.fallback_policy import (
-    FAILURE_KINDS,
-    ContinuationSpec,
-    FallbackSpec,
-    Timeouts,
-    parse_fallback,
+from gateway.policy.answer_budget import parse_default_max_tokens
+from gateway.policy.capabilities import DEFAULT_SUPPORTS, parse_needs, parse_supports
+from gateway.policy.errors import PolicyError
+from gateway.policy.fallback import parse_fallback
+from gateway.policy.file import read_policy_text
+from gateway.policy.model import (
+    POLICY_VERSION,
+    ClassifierKind,
+    ClassifierSpec,
+    HealthSpec,
+    NodeSpec,
+    Policy,
+    RoutingSpec,
+    Rule,
+    SessionsSpec,
+    TierSpec,
 )
-from gateway.routing.policy_file import read_policy_text
-from gateway.routing.policy_reader import PolicyError, PolicyReader
-from gateway.routing.yaml_lines import YAMLLimitError, YAMLSyntaxError, load_located
-
-POLICY_VERSION: Final = 1
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NodeSpec:
-    url: str
-    model: str
-    name: str
-    max_concurrency: int = 16
-    supports: frozenset[Capability] = frozenset()
-    """What the node serves beyond plain chat (:mod:`gateway.routing.capabilities`)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TierSpec:
-    name: Tier
-    context_window: int
-    nodes: tuple[NodeSpec, ...]
-    max_concurrency_per_node: int = 16
-    """The limit of a node that names none of its own, GATEWAY_*_URLS nodes included."""
-    supports: frozenset[Capability] = frozenset()
-    """The capabilities of a node that declares none of its own, GATEWAY_*_URLS nodes too."""
-    default_max_tokens: int | None = None
-    """max_tokens sent when a request sets none; None: ``sessions.completion_reserve_tokens``
-    (:func:`gateway.routing.answer_budget.default_max_tokens`)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rule:
-    """``when`` conditions are ANDed; the first rule whose conditions all hold wins."""
-
-    tier: Tier
-    reason: str
-    prompt_tokens_over: int | None = None
-    max_tokens_over: int | None = None
-    messages_over: int | None = None
-    history_tokens_over: int | None = None
-    """Tokens of the whole conversation before context fitting (gateway/routing/fitted.py)."""
-    headers: tuple[tuple[str, str], ...] = ()
-    has_tools: bool | None = None
-    needs: frozenset[Capability] = frozenset()
-    """Capabilities the request must need, all of them."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClassifierSpec:
-    kind: ClassifierKind = "learned"
-    model_path: Path | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RoutingSpec:
-    cloud_above: float = 0.55
-    rules: tuple[Rule, ...] = ()
-    allow_pinning: bool = True
-    classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HealthSpec:
-    interval_s: float = 5.0
-    timeout_s: float = 2.0
-    failure_threshold: int = 3
-    open_s: float = 10.0
-    load_interval_s: float = 1.0
-    """How often each node's /metrics is read for its load (vLLM queue and KV cache)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionsSpec:
-    ttl_s: int = 86400
-    max_turns: int = 200
-    id_from_user: bool = False
-    redis_timeout_s: float = 0.25
-    """Deadline of every Redis call; past it the request goes on without the store."""
-    spool_max_turns: int = 10_000
-    """Turns kept in memory (per replica) while Redis is down; the oldest go beyond that."""
-    completion_reserve_tokens: int = 512
-    """Completion budget for context fitting when a request sets no max_tokens."""
-    safety_margin: float = 0.1
-    """Share of a tier's context window left unused (tiktoken is not the model's tokenizer)."""
-    per_message_tokens: int = 4
-    """Tokens counted per message for role markers, on top of its text."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Policy:
-    version: int
-    tiers: Mapping[Tier, TierSpec]
-    routing: RoutingSpec = field(default_factory=RoutingSpec)
-    fallback: FallbackSpec = field(default_factory=FallbackSpec)
-    health: HealthSpec = field(default_factory=HealthSpec)
-    sessions: SessionsSpec = field(default_factory=SessionsSpec)
-    max_body_bytes: int = 1 << 20
-    source: str = "<memory>"
-
-    def served_models(self) -> dict[str, Tier]:
-        """Each node's served model name and the tier that serves it."""
-        return {node.model: tier.name for tier in self.tiers.values() for node in tier.nodes}
-
-    def with_nodes(self, tier: Tier, nodes: Sequence[NodeSpec]) -> Policy:
-        """A copy whose ``tier`` serves ``nodes`` (the GATEWAY_*_URLS overrides).
-
-        Those name a URL and a model only: each takes the tier's ``max_concurrency_per_node``
-        and ``supports``.
-        """
-        spec = self.tiers[tier]
-        limited = tuple(
-            dataclasses.replace(
-                node, max_concurrency=spec.max_concurrency_per_node, supports=spec.supports
-            )
-            for node in nodes
-        )
-        tiers = dict(self.tiers)
-        tiers[tier] = dataclasses.replace(spec, nodes=limited)
-        return dataclasses.replace(self, tiers=tiers)
+from gateway.policy.reader import PolicyReader
+from gateway.policy.shadow import parse_shadow, resolve_dir
+from hybrid_common.protocol import TIERS, Tier
+from hybrid_common.yaml_lines import YAMLLimitError, YAMLSyntaxError, load_located
 
 
 def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
@@ -154,7 +44,9 @@ def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
         raise PolicyError(f"{what}: {exc}", key="", line=exc.line, source=source) from exc
     r = PolicyReader(doc, source)
     top = r.mapping(
-        doc.data, "", ("version", "tiers", "routing", "fallback", "health", "sessions", "limits")
+        doc.data,
+        "",
+        ("version", "tiers", "routing", "fallback", "health", "sessions", "shadow", "limits"),
     )
     if "version" not in top:
         raise r.fail("version", f"missing (this gateway reads version {POLICY_VERSION})")
@@ -174,6 +66,7 @@ def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
         fallback=parse_fallback(r, top.get("fallback", {})),
         health=_health(r, top.get("health", {})),
         sessions=_sessions(r, top.get("sessions", {})),
+        shadow=parse_shadow(r, top["shadow"]) if "shadow" in top else None,  # opt-in only
         max_body_bytes=r.integer(limits, "limits", "max_body_bytes", 1 << 20, low=1024),
         source=source,
     )
@@ -183,7 +76,7 @@ def load_policy(path: Path) -> Policy:
     """Read and validate a policy file (blocking: call it in a thread on a running server).
 
     The file is read with limits (a regular file, at most 1 MiB) and parsed with them
-    (:class:`~gateway.routing.yaml_lines.YAMLLimits`); going over one is a PolicyError.
+    (:class:`~hybrid_common.yaml_lines.YAMLLimits`); going over one is a PolicyError.
     """
     policy = parse_policy(read_policy_text(path), source=str(path))
     spec = policy.routing.classifier
@@ -193,6 +86,8 @@ def load_policy(path: Path) -> Policy:
         policy = dataclasses.replace(
             policy, routing=dataclasses.replace(policy.routing, classifier=resolved)
         )
+    if policy.shadow is not None:  # a relative JSONL directory, likewise
+        policy = dataclasses.replace(policy, shadow=resolve_dir(policy.shadow, path.parent))
     return policy
 
 
@@ -238,7 +133,9 @@ def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
 
 def _routing(r: PolicyReader, value: object) -> RoutingSpec:
     path = "routing"
-    m = r.mapping(value, path, ("cloud_above", "rules", "allow_pinning", "classifier"))
+    m = r.mapping(
+        value, path, ("cloud_above", "rules", "allow_pinning", "classifier", "default_model")
+    )
     rules = tuple(
         _rule(r, item, f"{path}.rules[{i}]") for i, item in enumerate(r.listing(m, path, "rules"))
     )
@@ -246,13 +143,31 @@ def _routing(r: PolicyReader, value: object) -> RoutingSpec:
     kind = r.choice(c, f"{path}.classifier", "kind", get_args(ClassifierKind), "learned")
     model = c.get("model")
     if model is not None and (not isinstance(model, str) or not model):
-        raise r.fail(f"{path}.classifier.model", "must be a path to a weights file")
+        raise r.fail(
+            f"{path}.classifier.model",
+            "must be a path to a weights file or the version of a shipped one (complexity-v1)",
+        )
+    # A bare version name (no folder, no suffix) names a weights file shipped with the gateway.
+    shipped = model if model is not None and _SHIPPED_NAME.fullmatch(model) else None
+    where = f"{path}.classifier.model" if model is not None else f"{path}.classifier"
     return RoutingSpec(
         cloud_above=r.number(m, path, "cloud_above", 0.55, low=0.0, high=1.0),
         rules=rules,
         allow_pinning=r.boolean(m, path, "allow_pinning", True),
-        classifier=ClassifierSpec(kind=kind, model_path=Path(model) if model else None),
+        classifier=ClassifierSpec(
+            kind=kind,
+            model_path=Path(model) if model and not shipped else None,
+            model_name=shipped,
+            line=r.doc.line_of(where),
+        ),
+        # An explicit opt-in: absent or null, a request without a model is a 400.
+        default_model=(
+            r.string(m, path, "default_model") if m.get("default_model") is not None else None
+        ),
     )
+
+
+_SHIPPED_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 
 def _rule(r: PolicyReader, value: object, path: str) -> Rule:
@@ -347,21 +262,4 @@ def _default_node_name(tier: Tier, url: str) -> str:
     return f"{tier}@{host}"
 
 
-__all__ = [
-    "FAILURE_KINDS",
-    "POLICY_VERSION",
-    "ClassifierSpec",
-    "ContinuationSpec",
-    "FallbackSpec",
-    "HealthSpec",
-    "NodeSpec",
-    "Policy",
-    "PolicyError",
-    "RoutingSpec",
-    "Rule",
-    "SessionsSpec",
-    "TierSpec",
-    "Timeouts",
-    "load_policy",
-    "parse_policy",
-]
+__all__ = ["load_policy", "parse_policy"]

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing.policy import PolicyError, load_policy, parse_policy
-from gateway.routing.policy_file import read_policy_text
+from gateway.policy.errors import PolicyError
+from gateway.policy.file import read_policy_text
+from gateway.policy.parse import load_policy, parse_policy
 from gateway.routing.state import load_routing_state
-from gateway.routing.yaml_lines import YAMLLimitError, YAMLLimits, load_located
+from hybrid_common.yaml_lines import YAMLLimitError, YAMLLimits, load_located
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -39,6 +40,13 @@ def test_defaults_fill_unspecified_sections() -> None:
     assert policy.sessions.max_turns == 200
 
 
+def test_a_default_model_is_an_explicit_opt_in() -> None:
+    assert parse_policy(GOOD).routing.default_model is None  # a request must name its model
+    assert parse_policy(GOOD + "routing:\n  default_model: null\n").routing.default_model is None
+    opted_in = parse_policy(GOOD + "routing:\n  default_model: auto\n")
+    assert opted_in.routing.default_model == "auto"
+
+
 def test_the_yaml_on_key_is_not_a_boolean() -> None:
     policy = parse_policy(GOOD + "fallback:\n  on: [timeout]\n")
     assert policy.fallback.on == frozenset({"timeout"})
@@ -54,6 +62,8 @@ def test_the_yaml_on_key_is_not_a_boolean() -> None:
         (GOOD + "routing:\n  cloud_above: 1.5\n", "routing.cloud_above", 8, "between 0 and 1"),
         (GOOD + "routing:\n  cloud_above: high\n", "routing.cloud_above", 8, "must be a number"),
         (GOOD + "routing:\n  allow_pinning: maybe\n", "routing.allow_pinning", 8, "true or false"),
+        (GOOD + "routing:\n  default_model: ''\n", "routing.default_model", 8, "non-empty"),
+        (GOOD + "routing:\n  default_model: [auto]\n", "routing.default_model", 8, "string"),
         (
             GOOD + "routing:\n  rules:\n    - {tier: cloud, reason: x}\n",
             "routing.rules[0].when",
@@ -255,6 +265,6 @@ def test_classifier_weights_must_be_a_regular_file(tmp_path: Path) -> None:
     path.write_text(GOOD + "routing:\n  classifier: {kind: learned, model: weights.json}\n")
     with pytest.raises(PolicyError) as info:
         load_routing_state(path)
-    assert info.value.key == "routing.classifier"
+    assert (info.value.key, info.value.line) == ("routing.classifier.model", 8)
     assert "cannot load classifier weights" in str(info.value)
     assert "not a regular file: a character device (/dev/zero)" in str(info.value)

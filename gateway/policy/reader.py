@@ -7,21 +7,14 @@ silently), and every error carries the dotted key path and its line in the file.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
-from gateway.routing.yaml_lines import LocatedDocument
+from gateway.policy.errors import PolicyError
 
-
-class PolicyError(ValueError):
-    """A policy file that cannot be used; names the file, key and line."""
-
-    def __init__(self, message: str, *, key: str, line: int | None, source: str) -> None:
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {key or '<document>'}: {message}")
-        self.key = key
-        self.line = line
-        self.source = source
-
+if TYPE_CHECKING:
+    # A type only: the policy's values import this module, and must not load the YAML
+    # parser (gateway.upstream reads them; tests/test_layers.py checks it).
+    from hybrid_common.yaml_lines import LocatedDocument
 
 T = TypeVar("T")
 
@@ -129,3 +122,6 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return f"{type(value).__name__} {value!r}"
+
+
+__all__ = ["PolicyReader", "join_key"]

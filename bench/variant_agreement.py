@@ -1,0 +1,96 @@
+"""How far a quantization variant's greedy answers stay with a reference model's.
+
+    python bench/variant_agreement.py VARIANT.gguf [VARIANT.gguf ...]
+                                      [--reference PATH] [--tokens 48] [--n-threads 1]
+
+For a fixed set of 16 chat prompts, each model decodes ``--tokens`` tokens greedily
+(llama.cpp in-process, one sequence); per variant it prints how many answers are
+token-for-token the reference's and the mean share of each answer's tokens before it
+first differs from the reference. The reference defaults to the shipped SmolLM2 Q4_1,
+which is itself quantized: agreement with it says how much a variant changes what the
+node answers, not how close either is to the unquantized model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge_node.model import ChatModel, load_model
+from edge_node.schema import PromptMessage
+from edge_node.settings import Settings, default_model_path
+
+PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "Explain what a CPU cache is in two sentences.",
+    "List three uses of baking soda.",
+    "Translate 'good morning' into Spanish.",
+    "What is 17 times 3?",
+    "Give me a name for a pet turtle.",
+    "Summarize the plot of Cinderella.",
+    "Why is the sky blue?",
+    "Write a Python function that reverses a string.",
+    "What should I pack for a beach trip?",
+    "Describe the taste of a lemon.",
+    "How do plants make food?",
+    "Suggest a title for a mystery novel.",
+    "What is the boiling point of water in Fahrenheit?",
+    "Tell me a fun fact about octopuses.",
+)
+
+
+def greedy(model: ChatModel, prompt: str, tokens: int) -> list[int]:
+    prompt_tokens = model.prompt_tokens((PromptMessage(role="user", content=prompt),))
+    out: list[int] = []
+    for token in model.llm.generate(prompt_tokens, temp=0.0, reset=True):
+        if model.is_end_of_generation(token) or len(out) >= tokens:
+            break
+        out.append(int(token))
+    return out
+
+
+def answers(path: Path, args: argparse.Namespace) -> list[list[int]]:
+    settings = Settings(model_path=path, n_ctx=512, n_threads=args.n_threads, parallel=1)
+    model = load_model(settings)
+    try:
+        return [greedy(model, prompt, args.tokens) for prompt in PROMPTS]
+    finally:
+        model.close()
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variants", nargs="+", type=Path)
+    parser.add_argument("--reference", type=Path, default=default_model_path())
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--n-threads", type=int, default=1)
+    args = parser.parse_args()
+    reference = answers(args.reference, args)
+    print(f"reference {args.reference.name}: {len(PROMPTS)} prompts, {args.tokens} tokens")
+    for variant in args.variants:
+        got = answers(variant, args)
+        same = sum(a == b for a, b in zip(reference, got, strict=True))
+        shares = [shared_prefix(a, b) / max(len(a), 1) for a, b in zip(reference, got, strict=True)]
+        print(
+            f"{variant.name}: identical answers {same}/{len(PROMPTS)}, "
+            f"mean share before the first difference {statistics.fmean(shares):.0%}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""Continuous batching: up to ``--parallel`` requests share one llama.cpp context, and each
+decoding step is one ``llama_decode`` over one ``llama_batch`` holding every running
+sequence's next token.
+
+Between steps the runner takes new jobs off the admission queue, drops the ones whose
+client left (their KV cells are freed at once), and gives waiting jobs the idle slots
+(:mod:`edge_node.kv_slots`, which also reuses cached prompt prefixes). A new prompt joins
+the running batch in chunks: while other sequences are decoding, at most
+``--prefill-chunk`` prompt tokens go into a step, so a long prompt delays everyone's next
+token by one chunk's worth of work, not by the whole prompt; with nobody decoding it takes
+up to ``--n-batch`` tokens per step. Each sequence samples from its own row of the step's
+logits with its own sampler chain (:mod:`edge_node.sampling`), so temperature, top_p,
+penalties, seed, stop sequences and max_tokens are per request.
+
+By default every sequence has its own stream of KV cells, a whole context window, so
+cells never run short. With ``--kv-unified`` the sequences share one pool; when it runs
+short, idle slots' cached prefixes go first (LRU, snapshotted into the RAM prompt cache);
+if running sequences alone need more cells than there are, the most recently started one
+is preempted: its cells are freed and its prompt
+plus what it has generated so far is evaluated again when cells are free (its client sees
+only a pause; sampling continues where it was).
+
+Runs on the engine's worker thread, which owns the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import GenerationFailed
+from .generation import Delta, Finished, FinishReason, PromptEvaluated, TextAssembler
+from .jobs import Failed, Job, JobHost
+from .kv_slots import KvSlots, Slot
+from .model import ChatModel
+from .prompt_cache import PromptCache
+from .sampling import SequenceSampler
+
+log = logging.getLogger(__name__)
+
+_DECODE_NO_KV_ROOM = 1  # llama_decode: "could not find a KV slot for the batch"
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class Sequence:
+    """A running request bound to a slot."""
+
+    job: Job
+    slot: Slot
+    sampler: SequenceSampler
+    assembler: TextAssembler
+    pending: list[int]  # tokens to evaluate next: the prompt's rest, then the last sample
+    prompt_tokens: int
+    cached: int
+    queue_wait_s: float
+    started_at: float
+    order: int
+    completion: int = 0
+    first_token_at: float | None = None
+    last_token_at: float = 0.0
+    taken: int = 0  # tokens of ``pending`` in the batch being decoded
+    held: bool = False  # preempted: waits until another sequence leaves
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchOptions:
+    parallel: int
+    kv_cells: int
+    n_batch: int
+    prefill_chunk: int
+    prompt_cache_bytes: int
+    shared_kv: bool
+
+
+class BatchRunner:
+    """Runs the decoding loop until the ``None`` sentinel and every sequence has left."""
+
+    kind = "batched"
+
+    def __init__(
+        self,
+        model: ChatModel,
+        host: JobHost,
+        options: BatchOptions,
+        on_step: Callable[[], None] = lambda: None,
+        on_preempt: Callable[[], None] = lambda: None,
+    ) -> None:
+        from llama_cpp import llama_cpp
+
+        self._lib = llama_cpp
+        self._model = model
+        self._host = host
+        self._options = options
+        self._ctx = model.llm.ctx
+        cache = PromptCache(options.prompt_cache_bytes) if options.prompt_cache_bytes else None
+        self.slots = KvSlots(
+            self._ctx, options.parallel, options.kv_cells, cache, shared=options.shared_kv
+        )
+        self._batch = llama_cpp.llama_batch_init(options.n_batch, 0, 1)
+        self._running: list[Sequence] = []
+        self._waiting: deque[Job] = deque()
+        self._admitted = 0
+        self._on_step = on_step
+        self._on_preempt = on_preempt
+
+    @property
+    def cache(self) -> PromptCache | None:
+        return self.slots.cache
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def kv_cells(self) -> tuple[int, int]:
+        return self.slots.cells()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self, jobs: queue.SimpleQueue[Job | None]) -> None:
+        closing = False
+        try:
+            while True:
+                block = not self._running and not closing
+                closing = self._collect(jobs, block=block) or closing
+                self._drop_cancelled()
+                self._admit()
+                if not self._running:
+                    if closing and not self._waiting:
+                        return
+                    continue
+                self._step()
+        finally:
+            self._lib.llama_batch_free(self._batch)
+
+    def _collect(self, jobs: queue.SimpleQueue[Job | None], *, block: bool) -> bool:
+        """Move newly admitted jobs to the waiting line; True on the shutdown sentinel."""
+        try:
+            job = jobs.get() if block and not self._waiting else jobs.get_nowait()
+            while True:
+                if job is None:
+                    return True
+                self._waiting.append(job)
+                job = jobs.get_nowait()
+        except queue.Empty:
+            return False
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._running if s.job.cancelled.is_set()]:
+            self._finish(seq, "cancelled")
+
+    def _admit(self) -> None:
+        """Give waiting jobs idle slots, first come first served, while their prompts fit
+        in the cells that running sequences do not hold."""
+        if any(seq.held for seq in self._running):
+            return  # cells are short: preempted sequences resume first
+        while self._waiting and self.slots.idle_count():
+            job = self._waiting[0]
+            running_cells, _ = self.slots.cells()
+            if (
+                self.slots.shared
+                and self._running
+                and len(job.params.prompt_tokens) > (self.slots.total_cells - running_cells)
+            ):
+                return  # wait for cells (later jobs wait too: first come, first served)
+            self._waiting.popleft()
+            queue_wait_s = self._host.begin(job)
+            if queue_wait_s is None:
+                continue  # cancelled while waiting
+            self._start(job, queue_wait_s)
+
+    def _start(self, job: Job, queue_wait_s: float) -> None:
+        prompt = list(job.params.prompt_tokens)
+        reuse = self.slots.acquire(prompt)
+        self._admitted += 1
+        self._running.append(
+            Sequence(
+                job=job,
+                slot=reuse.slot,
+                sampler=SequenceSampler(self._model.n_vocab, job.params.sampling),
+                assembler=TextAssembler(job.params.stop),
+                pending=prompt[reuse.cached :],
+                prompt_tokens=len(prompt),
+                cached=reuse.cached,
+                queue_wait_s=queue_wait_s,
+                started_at=time.perf_counter(),
+                order=self._admitted,
+            )
+        )
+        self._host.kv_changed()
+
+    # -- one decoding step -------------------------------------------------------------
+
+    def _step(self) -> None:
+        while True:
+            planned = self._plan()
+            if not planned:
+                return
+            code = self._decode(planned)
+            if code == 0:
+                break
+            if code == _DECODE_NO_KV_ROOM and self._shed():
+                continue  # room was made: plan the step again
+            self._fail(planned, f"llama_decode returned {code}")
+            return
+        self._on_step()
+        self._after_decode(planned)
+        self._host.flush()
+
+    def _active(self) -> list[Sequence]:
+        """Running sequences not waiting after a preemption, oldest first."""
+        return sorted((s for s in self._running if not s.held), key=lambda s: s.order)
+
+    def _plan(self) -> list[Sequence]:
+        """Choose this step's tokens: every decoding sequence's next one, then prompt
+        chunks first come first served, within --n-batch and the free KV cells. The
+        youngest sequences are preempted while the decoding ones do not fit, and the oldest
+        always gets a token (it fits alone: its window is at most the whole pool)."""
+        options = self._options
+        while True:
+            active = self._active()
+            for seq in self._running:
+                seq.taken = 0
+            decoding = [s for s in active if len(s.pending) == 1]
+            self.slots.make_room(len(decoding))
+            if self.slots.free_cells() < len(decoding) and self._preempt_youngest():
+                continue
+            planned: list[Sequence] = []
+            for seq in decoding[: self.slots.free_cells()]:
+                seq.taken = 1
+                planned.append(seq)
+            used = len(planned)
+            chunk = min(
+                options.n_batch - used, options.prefill_chunk if planned else options.n_batch
+            )
+            for seq in active:
+                if len(seq.pending) == 1 or chunk <= 0:
+                    continue
+                want = min(len(seq.pending), chunk)
+                self.slots.make_room(used + want)
+                take = min(want, self.slots.free_cells() - used)
+                if take <= 0:
+                    break
+                seq.taken = take
+                used += take
+                chunk -= take
+                planned.append(seq)
+            if planned or not self._preempt_youngest():
+                break
+        if not planned and active:
+            self._fail(active, "the KV cache cannot hold this sequence (raise --kv-cells)")
+        return planned
+
+    def _shed(self) -> bool:
+        """llama.cpp found no room for the batch (fragmented or over-committed cells):
+        evict an idle slot's cache, else preempt the youngest sequence. False if neither
+        is possible."""
+        return self.slots.evict_one() or self._preempt_youngest()
+
+    def _preempt_youngest(self) -> bool:
+        """Free the youngest active sequence's cells; it evaluates its tokens again after
+        another sequence leaves. False when only one sequence is active."""
+        active = self._active()
+        if len(active) < 2:
+            return False
+        seq = active[-1]
+        log.info("KV cells exhausted: preempting a sequence holding %d", len(seq.slot.tokens))
+        seq.pending = seq.slot.tokens + seq.pending
+        self.slots.clear(seq.slot)
+        seq.held, seq.taken = True, 0
+        self._on_preempt()
+        return True
+
+    def _decode(self, planned: list[Sequence]) -> int:
+        batch = self._batch
+        i = 0
+        for seq in planned:
+            start = len(seq.slot.tokens)
+            last = seq.taken == len(seq.pending)
+            for j in range(seq.taken):
+                batch.token[i] = seq.pending[j]
+                batch.pos[i] = start + j
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq.slot.seq_id
+                batch.logits[i] = last and j == seq.taken - 1
+                i += 1
+        batch.n_tokens = i
+        return int(self._lib.llama_decode(self._ctx, batch))
+
+    def _after_decode(self, planned: list[Sequence]) -> None:
+        row = 0
+        for seq in planned:
+            tokens = seq.pending[: seq.taken]
+            seq.slot.tokens.extend(tokens)
+            del seq.pending[: seq.taken]
+            row += seq.taken
+            if not seq.pending:
+                self._sample(seq, row - 1)
+        self._host.kv_changed()
+
+    def _sample(self, seq: Sequence, row: int) -> None:
+        model, job = self._model, seq.job
+        token = seq.sampler.sample(self._ctx, row)
+        now = time.perf_counter()
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+            prompt_eval_s = now - seq.started_at
+            self._host.emit(
+                job, PromptEvaluated(cached_tokens=seq.cached, prompt_eval_s=prompt_eval_s)
+            )
+        seq.last_token_at = now
+        if job.cancelled.is_set():
+            self._finish(seq, "cancelled")
+            return
+        if model.is_end_of_generation(token) and not job.params.ignore_eos:
+            self._finish(seq, "stop")
+            return
+        seq.completion += 1
+        text, stopped = seq.assembler.feed(model.piece(token))
+        if text:
+            self._host.emit(job, Delta(text=text))
+        if stopped:
+            self._finish(seq, "stop", stop_sequence_hit=True)
+        elif seq.completion >= job.params.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.pending = [token]
+
+    # -- leaving -------------------------------------------------------------------
+
+    def _finish(
+        self, seq: Sequence, reason: FinishReason, *, stop_sequence_hit: bool = False
+    ) -> None:
+        if reason != "cancelled" and not stop_sequence_hit:
+            tail = seq.assembler.flush()  # held back as a possible stop prefix
+            if tail:
+                self._host.emit(seq.job, Delta(text=tail))
+        first = seq.first_token_at
+        finished = Finished(
+            finish_reason=reason,
+            prompt_tokens=seq.prompt_tokens,
+            completion_tokens=seq.completion,
+            cached_tokens=seq.cached,
+            prompt_eval_s=None if first is None else first - seq.started_at,
+            decode_s=0.0 if first is None else seq.last_token_at - first,
+        )
+        self._leave(seq, finished, keep_cells=reason != "cancelled")
+
+    def _fail(self, planned: list[Sequence], reason: str) -> None:
+        log.error("decoding step failed (%s); ending its %d sequences", reason, len(planned))
+        error = GenerationFailed(f"Generation failed: {reason}")
+        for seq in planned:
+            self._leave(seq, Failed(error=error), keep_cells=False)
+
+    def _leave(self, seq: Sequence, last: Finished | Failed, *, keep_cells: bool) -> None:
+        seq.sampler.close()
+        self._running.remove(seq)
+        for other in self._running:
+            other.held = False  # cells were freed: preempted sequences may resume
+        self.slots.release(seq.slot, keep=keep_cells)
+        self._host.kv_changed()
+        self._host.finish(seq.job, last, seq.queue_wait_s)

@@ -1,0 +1,117 @@
+"""Reading server-sent events from a real aiohttp response, however the bytes are cut."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.upstream.sse import MAX_EVENT_BYTES, DeadlineReached, EventTooLarge, SseReader
+
+
+async def _serve(blocks: list[bytes], pause_s: float = 0.0, hold_s: float = 0.0):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for block in blocks:
+            await response.write(block)
+            await asyncio.sleep(pause_s)
+        await asyncio.sleep(hold_s)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def _read_all(blocks: list[bytes], pause_s: float = 0.0) -> list[bytes]:
+    server = await _serve(blocks, pause_s)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
+            reader = SseReader(r.content, idle_s=2.0)
+            out = []
+            while (data := await reader.next()) is not None:
+                out.append(data)
+            return out
+    finally:
+        await server.close()
+
+
+STREAM = (
+    b'data: {"a":1}\n\n: keep-alive\n\nevent: x\nid: 7\ndata: line1\ndata:line2\n\ndata: [DONE]\n\n'
+)
+EXPECTED = [b'{"a":1}', b"line1\nline2", b"[DONE]"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 13, len(STREAM)])
+async def test_events_come_out_whole_however_the_bytes_are_split(size: int) -> None:
+    blocks = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
+    assert await _read_all(blocks, pause_s=0.001) == EXPECTED
+
+
+async def test_crlf_line_ends_even_split_between_cr_and_lf() -> None:
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    cut = crlf.index(b"\r\n\r\n") + 1  # the first CR in one block, its LF in the next
+    assert await _read_all([crlf[:cut], crlf[cut:]], pause_s=0.001) == EXPECTED
+
+
+async def test_a_last_event_without_its_blank_line_still_counts() -> None:
+    assert await _read_all([b"data: a\n\ndata: b"]) == [b"a", b"b"]
+
+
+async def test_buffered_says_when_the_next_event_is_in() -> None:
+    server = await _serve([b"data: 1\n\ndata: 2\n\n"], hold_s=0.5)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
+            reader = SseReader(r.content, idle_s=2.0)
+            assert not reader.buffered()
+            assert await reader.next() == b"1"
+            assert reader.buffered()  # both arrived in one block
+            assert reader.next_nowait() == b"2"
+            assert not reader.buffered()
+    finally:
+        await server.close()
+
+
+async def test_a_stall_is_a_timeout_and_the_callers_deadline_is_its_own() -> None:
+    server = await _serve([b"data: 1\n\n"], hold_s=2.0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.make_url("/")) as r:
+                reader = SseReader(r.content, idle_s=0.2)
+                assert await reader.next() == b"1"
+                with pytest.raises(TimeoutError):
+                    await reader.next()  # idle for 0.2 s: the stream stalled
+            async with session.get(server.make_url("/")) as r:
+                reader = SseReader(r.content, idle_s=5.0)
+                assert await reader.next() == b"1"
+                deadline = asyncio.get_running_loop().time() + 0.2
+                with pytest.raises(DeadlineReached):
+                    await reader.next(deadline=deadline)  # the deadline comes first
+    finally:
+        await server.close()
+
+
+async def test_a_long_event_in_many_blocks_comes_out_whole() -> None:
+    payload = b"x" * 300_000
+    stream = b"data: " + payload + b"\n\ndata: [DONE]\n\n"
+    blocks = [stream[i : i + 4096] for i in range(0, len(stream), 4096)]
+    assert await _read_all(blocks) == [payload, b"[DONE]"]
+
+
+async def test_an_event_that_never_ends_is_refused_not_buffered_forever() -> None:
+    block = b"data: " + b"x" * 65536
+    server = await _serve([block] * (MAX_EVENT_BYTES // 65536 + 2))
+    try:
+        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
+            reader = SseReader(r.content, idle_s=2.0)
+            with pytest.raises(EventTooLarge):
+                await reader.next()
+    finally:
+        await server.close()
