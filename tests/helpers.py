@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -302,6 +304,57 @@ def assemble(chunks: Sequence[dict[str, object]], **attempt: Any) -> dict[str, o
     return builder.build()
 
 
+@dataclass(slots=True)
+class ServeProcess:
+    """A ``python -m gateway serve`` process; ``stderr`` and ``returncode`` once stopped."""
+
+    url: str
+    process: asyncio.subprocess.Process
+    stderr: str = ""
+    returncode: int | None = None
+
+
+@asynccontextmanager
+async def serve_process(env: Mapping[str, str], *args: str) -> AsyncIterator[ServeProcess]:
+    """``python -m gateway serve ARGS`` in a process of its own with ``env`` over this
+    one's (``GATEWAY_PORT`` required), yielded once ``/healthz`` answers (20 s at most);
+    stopped with SIGTERM on the way out, as an operator stops it."""
+    from scripts.stack.processes import die_with_parent
+
+    url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        *args,
+        cwd=REPO_ROOT,
+        env={**os.environ, "GATEWAY_HOST": "127.0.0.1", **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent(signal.SIGKILL),
+    )
+    served = ServeProcess(url=url, process=process)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def up() -> bool:
+                try:
+                    async with session.get(url + "/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return process.returncode is not None  # it died: stop waiting
+
+            await eventually_value(up, bool, timeout_s=20.0, what="the gateway's /healthz")
+        assert process.returncode is None, "the gateway exited at start-up"
+        yield served
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        _, stderr = await process.communicate()
+        served.stderr, served.returncode = stderr.decode(), process.returncode
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m gateway ARGS`` from the repository root, output captured (60 s at most)."""
     return subprocess.run(
@@ -322,6 +375,7 @@ __all__ = [
     "Metrics",
     "Node",
     "Reply",
+    "ServeProcess",
     "assemble",
     "chat",
     "eventually",
@@ -332,5 +386,6 @@ __all__ = [
     "run_cli",
     "scrape_metrics",
     "sdk",
+    "serve_process",
     "sync_sdk",
 ]

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 
-from scripts.stack.processes import die_with_parent
-from tests.helpers import run_cli
+from tests.helpers import run_cli, serve_process
 from tests.scripted import unused_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,46 +49,23 @@ def test_serve_rejects_a_bad_node_list() -> None:
 
 async def test_serve_uses_environment_overrides(upstreams) -> None:
     edge = await upstreams("env-edge-model")
-    port = unused_port()
     env = {
-        **os.environ,
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(unused_port()),
         "GATEWAY_POLICY": str(ROOT / "policies" / "default.yaml"),
         "GATEWAY_EDGE_URLS": f"{edge.url}=env-edge-model",
         "GATEWAY_CLOUD_URLS": f"http://127.0.0.1:{unused_port()}=env-cloud-model",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=die_with_parent(signal.SIGKILL),
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/v1/models") as response:
-                        models = [m["id"] for m in (await response.json())["data"]]
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-            assert "env-edge-model" in models and "env-cloud-model" in models
-            assert "smollm2-135m-instruct" not in models  # replaced, not merged
-            async with session.post(
-                f"http://127.0.0.1:{port}/v1/chat/completions",
-                json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
-            ) as response:
-                assert response.status == 200
-                assert response.headers["x-gateway-node"] == "edge-1"
-        assert edge.seen[0].body["model"] == "env-edge-model"
-    finally:
-        process.terminate()
-        _, stderr = await process.communicate()
-    assert process.returncode == 0
-    assert b"gateway shutting down" in stderr
+    async with serve_process(env) as served, aiohttp.ClientSession() as session:
+        async with session.get(served.url + "/v1/models") as response:
+            models = [m["id"] for m in (await response.json())["data"]]
+        assert "env-edge-model" in models and "env-cloud-model" in models
+        assert "smollm2-135m-instruct" not in models  # replaced, not merged
+        async with session.post(
+            served.url + "/v1/chat/completions",
+            json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+        ) as response:
+            assert response.status == 200
+            assert response.headers["x-gateway-node"] == "edge-1"
+    assert edge.seen[0].body["model"] == "env-edge-model"
+    assert served.returncode == 0
+    assert "gateway shutting down" in served.stderr

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
-import signal
-import sys
 
 import aiohttp
 import pytest
@@ -20,10 +17,10 @@ from gateway.telemetry import TracingConfig, build_tracing, tracing_config_from_
 from gateway.telemetry.config import SERVICE_NAME
 from gateway.telemetry.propagation import extract_context
 from hybrid_common.console_tree import TreeConsoleSpanExporter
-from scripts.stack.processes import die_with_parent
 from tests.conftest import policy_yaml
 from tests.gateway.observability.conftest import SIMPLE, sdk
 from tests.gateway.test_cli import ROOT
+from tests.helpers import serve_process
 from tests.scripted import Script, unused_port
 
 LINE = re.compile(r"^ *(?P<start>[+-]\d+\.\d) +(?P<duration>\d+\.\d) ms  (?P<tree>.*)$")
@@ -190,50 +187,24 @@ def test_console_tree_is_an_exporter_name() -> None:
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
-async def test_serve_prints_the_tree_to_stderr(upstreams, how: str) -> None:
+async def test_serve_prints_the_tree_to_stderr(upstreams, how: str, monkeypatch) -> None:
     edge = await upstreams("env-edge-model")
-    port = unused_port()
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER"):
+        monkeypatch.delenv(name, raising=False)
     env = {
-        **os.environ,
-        "GATEWAY_PORT": str(port),
+        "GATEWAY_PORT": str(unused_port()),
         "GATEWAY_POLICY": str(ROOT / "policies" / "default.yaml"),
         "GATEWAY_EDGE_URLS": f"{edge.url}=env-edge-model",
         "GATEWAY_CLOUD_URLS": f"http://127.0.0.1:{unused_port()}=env-cloud-model",
+        **({"OTEL_TRACES_EXPORTER": "console-tree"} if how == "env" else {}),
     }
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    env.pop("OTEL_SDK_DISABLED", None)
-    if how == "env":
-        env["OTEL_TRACES_EXPORTER"] = "console-tree"
-    else:
-        env.pop("OTEL_TRACES_EXPORTER", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        *(["--console-trace"] if how == "flag" else []),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=die_with_parent(signal.SIGKILL),
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(400):
-                try:
-                    async with session.post(
-                        f"http://127.0.0.1:{port}/v1/chat/completions",
-                        json={"model": "auto", "messages": SIMPLE},
-                    ) as response:
-                        assert response.status == 200
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-    finally:
-        process.terminate()
-        _, stderr = await process.communicate()
-    assert process.returncode == 0
-    text = stderr.decode()
+    args = ["--console-trace"] if how == "flag" else []
+    async with serve_process(env, *args) as served, aiohttp.ClientSession() as session:
+        async with session.post(
+            served.url + "/v1/chat/completions", json={"model": "auto", "messages": SIMPLE}
+        ) as response:
+            assert response.status == 200
+    assert served.returncode == 0
+    text = served.stderr
     assert re.search(r"\d ms  POST /v1/chat/completions  status=200 route=edge ", text), text
     assert re.search(r"\d ms  └─ chat env-edge-model  tier=edge node=edge-1 tokens=\d+/\d+", text)

@@ -17,6 +17,21 @@ pytestmark = pytest.mark.redis
 SLOW = Script(chunks=("A", " slow", " answer", "."), chunk_delay_s=0.3)
 
 
+async def second_turn_under_way(setup, client):
+    """The session ``forget-me`` holds one turn, and a second one (a slow answer, streamed)
+    has just begun: its chunks, none read yet."""
+    setup.edge.script = Script(behaviour="echo")
+    await ask(client, sid("forget-me", "edge"), "my first secret")
+    setup.edge.queue.append(SLOW)
+    stream = await client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "my second secret"}],
+        stream=True,
+        extra_headers=sid("forget-me", "edge"),
+    )
+    return aiter(stream)
+
+
 async def session_status(setup, session: str, method: str = "GET") -> int:
     async with aiohttp.ClientSession() as http:
         async with http.request(method, f"{setup.gateway.url}/v1/sessions/{session}") as response:
@@ -34,15 +49,8 @@ async def redis_keys(url: str, session: str) -> tuple[int, list[bytes]]:
 
 async def test_a_session_deleted_mid_stream_stays_deleted(redis_server, make_sessions) -> None:
     setup = await make_sessions(redis_server.url)
-    setup.edge.script = Script(behaviour="echo")
     async with setup.client() as client:
-        await ask(client, sid("forget-me", "edge"), "my first secret")
-        setup.edge.queue.append(SLOW)
-        stream = await client.chat.completions.create(
-            model="auto", messages=[{"role": "user", "content": "my second secret"}],
-            stream=True, extra_headers=sid("forget-me", "edge"),
-        )  # fmt: skip
-        chunks = aiter(stream)
+        chunks = await second_turn_under_way(setup, client)
         first = await anext(chunks)  # the answer is under way
         assert await session_status(setup, "forget-me", "DELETE") == 204
         rest = [chunk async for chunk in chunks]  # to [DONE]: the turn's append has run
@@ -67,15 +75,8 @@ async def test_a_turn_spooled_after_a_deletion_is_not_replayed(redis_server, mak
     """The deletion lands, then Redis freezes before the in-flight turn is appended: the
     turn waits in the spool, and its replay is refused like the append would have been."""
     setup = await make_sessions(redis_server.url)
-    setup.edge.script = Script(behaviour="echo")
     async with setup.client() as client:
-        await ask(client, sid("forget-me", "edge"), "my first secret")
-        setup.edge.queue.append(SLOW)
-        stream = await client.chat.completions.create(
-            model="auto", messages=[{"role": "user", "content": "my second secret"}],
-            stream=True, extra_headers=sid("forget-me", "edge"),
-        )  # fmt: skip
-        chunks = aiter(stream)
+        chunks = await second_turn_under_way(setup, client)
         await anext(chunks)
         assert await session_status(setup, "forget-me", "DELETE") == 204
         redis_server.pause()
