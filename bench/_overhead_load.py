@@ -76,7 +76,13 @@ def request_body(cell: Cell) -> bytes:
 
 
 async def measure(
-    url: str, cell: Cell, pid: int | None, *, requests: int, session_prefix: str | None
+    url: str,
+    cell: Cell,
+    pid: int | None,
+    *,
+    requests: int,
+    session_prefix: str | None,
+    authorization: str | None = None,
 ) -> Sample:
     """``requests`` requests to ``url`` at ``cell``; with ``session_prefix`` each worker holds
     four-turn conversations (``x-session-id``), so a request carries 0 to 3 earlier turns."""
@@ -95,6 +101,8 @@ async def measure(
             while remaining > 0:
                 remaining -= 1
                 headers = {"Content-Type": "application/json"}
+                if authorization is not None:
+                    headers["Authorization"] = authorization
                 if session_prefix is not None:
                     headers["x-session-id"] = f"{session_prefix}-w{index}-c{sent // 4}"
                 sent += 1
@@ -121,12 +129,15 @@ async def measure(
     return Sample(latencies, first_chunks, wall, cpu)
 
 
-async def verify(url: str, cell: Cell) -> None:
+async def verify(url: str, cell: Cell, *, authorization: str | None = None) -> None:
     """One request: the answer through ``url`` is the upstream's (a broken path fails loudly
     instead of being measured)."""
+    headers = {"Authorization": authorization} if authorization else {}
     async with (
         aiohttp.ClientSession() as client,
-        client.post(url + "/v1/chat/completions", data=request_body(cell)) as response,
+        client.post(
+            url + "/v1/chat/completions", data=request_body(cell), headers=headers
+        ) as response,
     ):
         raw = await response.read()
     if response.status != 200:

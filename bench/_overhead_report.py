@@ -85,6 +85,31 @@ def print_report(
         row = [spread(ratios(samples.get((cell, g), []), proxy), 2) for g in gateways]
         print(f"| {cell.label} | " + " | ".join(row) + " |")
     print_against_baseline(cells, targets, samples)
+    print_keys_cost(cells, targets, samples)
+
+
+def print_keys_cost(
+    cells: Sequence[Cell], targets: Sequence[str], samples: dict[tuple[Cell, str], list[Sample]]
+) -> None:
+    """With ``--keys``: the CPU a key with limits and a budget adds per request, gateway+keys
+    minus gateway in the same round (both sessions off)."""
+    pairs = [(f"gateway+keys{s}", f"gateway{s}") for s in ("", "[base]")]
+    pairs = [(k, g) for k, g in pairs if k in targets and g in targets]
+    if not pairs:
+        return
+    print("\nCPU ms per request added by keys, limits and budgets (same round): median (min-max)\n")
+    print("| cell | " + " | ".join(k for k, _ in pairs) + " |")
+    print("|---|" + "---:|" * len(pairs))
+    for cell in cells:
+        row = []
+        for keys, plain in pairs:
+            pairs_cpu = zip(
+                cpu_per_request(samples.get((cell, keys), [])),
+                cpu_per_request(samples.get((cell, plain), [])),
+                strict=True,
+            )
+            row.append(spread([k - p for k, p in pairs_cpu], 3))
+        print(f"| {cell.label} | " + " | ".join(row) + " |")
 
 
 def print_against_baseline(

@@ -18,8 +18,11 @@ request to the bare proxy's, per round (median, min-max).
 Targets: direct, bare proxy, gateway (sessions off), gateway with sessions on (a real
 redis-server; each conversation four turns) unless ``--no-sessions``, and with
 ``--tracing`` the gateway with sessions and tracing on (every request exported over
-OTLP/HTTP to a local sink). Tracing is off elsewhere. Logs are the gateway's default (INFO,
-JSON access lines), written to a file. Stops by itself: ``--rounds`` rounds of
+OTLP/HTTP to a local sink), and with ``--keys`` the gateway with an API key from the Redis
+key store that has a requests and a tokens limit and a budget (every request admitted by
+the limiter and settled in the usage ledger; the key's limits are far above the load).
+Tracing is off elsewhere. Logs are the gateway's default (INFO, JSON access lines), written
+to a file. Stops by itself: ``--rounds`` rounds of
 ``--requests`` requests per measurement, or earlier at ``--max-seconds``.
 ``--baseline-tree DIR`` adds each gateway row again, run from another checkout (marked
 ``[base]``), so before and after share the same rounds, core and minutes.
@@ -151,7 +154,7 @@ async def run(args: argparse.Namespace) -> None:
             ("bare proxy", f"http://127.0.0.1:{proxy_port}", proxy.pid),
         ]
         redis_url = sink_url = ""
-        if not args.no_sessions or args.tracing:
+        if not args.no_sessions or args.tracing or args.keys:
             from tests.fixtures.redis import RedisServer
 
             redis = RedisServer(binary="redis-server", port=free_port(), workdir=workdir)
@@ -163,8 +166,11 @@ async def run(args: argparse.Namespace) -> None:
             argv += ["--port", str(sink_port)]
             processes.append(spawn(argv, env=env, cpus=load_cpus, log=workdir / "sink.log"))
             sink_url = f"http://127.0.0.1:{sink_port}"
+        auth: dict[str, str] = {}
         for suffix, tree in trees:
             for name, extra in gateway_variants(args, redis_url, sink_url):
+                if name == "gateway+keys":
+                    auth[name + suffix] = await create_bench_key(redis_url, tree)
                 port = free_port()
                 genv = {
                     **env,
@@ -186,7 +192,7 @@ async def run(args: argparse.Namespace) -> None:
         await wait_ready(f"http://127.0.0.1:{proxy_port}/health")
         for _name, url, _pid in targets[2:]:
             await wait_ready(url + "/readyz")
-        await run_rounds(args, targets, started)
+        await run_rounds(args, targets, started, auth)
         if not args.keep_logs:
             cleanup.append(workdir)  # the servers' logs, once they have stopped
     finally:
@@ -223,7 +229,35 @@ def gateway_variants(
             "OTEL_TRACES_SAMPLER": "always_on",
         }
         variants.append(("gateway+sessions+tracing", {"REDIS_URL": redis_url, **tracing}))
+    if args.keys:
+        variants.append(("gateway+keys", {"REDIS_URL": redis_url, "GATEWAY_KEY_STORE": "redis"}))
     return variants
+
+
+async def create_bench_key(redis_url: str, tree: Path) -> str:
+    """A key with every limit on (far above the load), created with ``tree``'s own key
+    store; returns its ``Authorization`` header value."""
+    code = (
+        "import asyncio, sys\n"
+        "from gateway.accounts.model import Budget\n"
+        "from gateway.accounts.store import KeyStore\n"
+        "from gateway.redis_client import redis_client\n"
+        "async def main():\n"
+        "    client = redis_client(sys.argv[1], max_connections=2, timeout_s=5)\n"
+        "    store = KeyStore(client)\n"
+        "    _key, plain = await store.create(name='bench', rpm=10**9, tpm=10**9,\n"
+        "        budget=Budget(period='day', limit_usd=1e6, soft_limit_usd=5e5))\n"
+        "    await client.aclose()\n"
+        "    print(plain)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**clean_env(), "PYTHONPATH": str(tree)}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", code, redis_url],
+        cwd=tree, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return "Bearer " + done.stdout.strip()
 
 
 def conversation_prefix(target: str, tag: str) -> str | None:
@@ -235,20 +269,30 @@ def conversation_prefix(target: str, tag: str) -> str | None:
 
 
 async def run_rounds(
-    args: argparse.Namespace, targets: list[tuple[str, str, int | None]], started: float
+    args: argparse.Namespace,
+    targets: list[tuple[str, str, int | None]],
+    started: float,
+    auth: dict[str, str],
 ) -> None:
     cells = [Cell(stream, c) for stream in (False, True) for c in args.concurrency]
-    for _name, url, _pid in targets:  # every path answers what the upstream said, before timing
+    for name, url, _pid in targets:  # every path answers what the upstream said, before timing
         for cell in cells:
-            await verify(url, cell)
+            await verify(url, cell, authorization=auth.get(name))
     for cell in cells:  # warm up connections, caches, the classifier
         for name, url, pid in targets:
             prefix = conversation_prefix(name, f"warm-{cell.label}")
-            await measure(url, cell, pid, requests=args.warmup, session_prefix=prefix)
+            await measure(
+                url,
+                cell,
+                pid,
+                requests=args.warmup,
+                session_prefix=prefix,
+                authorization=auth.get(name),
+            )
     print(f"warm-up done; {args.rounds} rounds of {args.requests} requests per measurement")
     profilers = start_profilers(args.profile, targets) if args.profile else []
     try:
-        samples, rounds_done = await measure_rounds(args, targets, cells, started)
+        samples, rounds_done = await measure_rounds(args, targets, cells, started, auth)
     finally:
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on the way out
@@ -263,6 +307,7 @@ async def measure_rounds(
     targets: list[tuple[str, str, int | None]],
     cells: list[Cell],
     started: float,
+    auth: dict[str, str],
 ) -> tuple[dict[tuple[Cell, str], list[Sample]], int]:
     samples: dict[tuple[Cell, str], list[Sample]] = {}
     deadline = started + args.max_seconds
@@ -273,7 +318,12 @@ async def measure_rounds(
             for name, url, pid in order:
                 prefix = conversation_prefix(name, f"r{round_no}-{cell.label}")
                 sample = await measure(
-                    url, cell, pid, requests=args.requests, session_prefix=prefix
+                    url,
+                    cell,
+                    pid,
+                    requests=args.requests,
+                    session_prefix=prefix,
+                    authorization=auth.get(name),
                 )
                 samples.setdefault((cell, name), []).append(sample)
         rounds_done += 1
@@ -337,6 +387,10 @@ def main() -> None:
     parser.add_argument(
         "--tracing", action="store_true",
         help="add the gateway with sessions and tracing on (OTLP/HTTP to a local sink)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keys", action="store_true",
+        help="add the gateway with a Redis key that has limits and a budget (issue 15's cost)",
     )  # fmt: skip
     parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for the gateways")
     parser.add_argument(

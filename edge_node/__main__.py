@@ -10,7 +10,7 @@ import sys
 from aiohttp import web
 
 from .app import create_app
-from .keys import ENGINE
+from .keys import MODELS
 from .settings import parse_settings
 
 
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.host,
         settings.port,
     )
+    for name, path in settings.variants:
+        log.info("variant %r: %s (loaded on demand)", name, path)
     # handler_cancellation: a client that disconnects cancels its handler, which frees its
     # slot in the admission queue and stops its generation at the next token.
     web.run_app(
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print=None,
     )
     # After shutdown the engine is closed; a load or self-check failure stays recorded.
-    return 1 if app[ENGINE].load_error is not None else 0
+    return 1 if app[MODELS].load_error is not None else 0
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from . import handlers
-from .engine import Engine, FailureHandler
+from .engine import FailureHandler
 from .errors import EdgeError, MethodNotAllowed, PayloadTooLarge, RouteNotFound
-from .keys import ENGINE, METRICS, SETTINGS, TRACING
+from .keys import METRICS, MODELS, SETTINGS, TRACING
 from .metrics import EdgeMetrics
 from .model import ModelLoader, load_model
+from .registry import ModelRegistry
 from .settings import Settings
 from .tracing import EdgeTracing, build_tracing
 
@@ -29,7 +30,8 @@ def create_app(
     tracing: EdgeTracing | None = None,
     on_failure: FailureHandler | None = None,
 ) -> web.Application:
-    """The application; the model starts loading in a thread when the app starts up.
+    """The application; the model starts loading in a thread when the app starts up
+    (its ``--variant`` siblings load on demand: :mod:`edge_node.registry`).
 
     ``tracing`` replaces the tracer ``settings.tracing`` describes (tests pass one over an
     in-memory exporter); the caller owns it, and the app only flushes it at shutdown.
@@ -41,9 +43,9 @@ def create_app(
     metrics = EdgeMetrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[ENGINE] = Engine(settings, metrics, loader, on_failure=on_failure)
+    app[MODELS] = ModelRegistry(settings, metrics, loader, on_failure=on_failure)
     app.cleanup_ctx.append(_tracing_ctx(settings, tracing))  # first in, so flushed last
-    app.cleanup_ctx.append(_engine_ctx)
+    app.cleanup_ctx.append(_models_ctx)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/health", handlers.health)
@@ -64,11 +66,11 @@ def _tracing_ctx(
     return context
 
 
-async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    engine = app[ENGINE]
-    engine.start()  # returns at once: /health answers 503 until the model is loaded
+async def _models_ctx(app: web.Application) -> AsyncIterator[None]:
+    models = app[MODELS]
+    models.start()  # returns at once: /health answers 503 until the model is loaded
     yield
-    await engine.aclose()
+    await models.aclose()
 
 
 def _error_response(error: EdgeError, status: int | None = None) -> web.Response:

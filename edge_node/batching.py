@@ -20,6 +20,12 @@ is preempted: its cells are freed and its prompt
 plus what it has generated so far is evaluated again when cells are free (its client sees
 only a pause; sampling continues where it was).
 
+With ``--speculative prompt-lookup`` a decoding sequence's step also carries up to
+``--draft-tokens`` tokens guessed from its own context (:mod:`edge_node.speculative`),
+with logits at each; the sequence samples at each position in order while the samples
+match the guesses, so one step can emit several tokens, each exactly as it would have
+been emitted alone, and the cells of the rejected guesses are removed.
+
 Runs on the engine's worker thread, which owns the model.
 """
 
@@ -30,7 +36,7 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import GenerationFailed
 from .generation import Delta, Finished, FinishReason, PromptEvaluated, TextAssembler
@@ -39,6 +45,7 @@ from .kv_slots import KvSlots, Slot
 from .model import ChatModel
 from .prompt_cache import PromptCache
 from .sampling import SequenceSampler
+from .speculative import PromptLookup, SpeculationOptions, verify_drafts
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,12 @@ class Sequence:
     last_token_at: float = 0.0
     taken: int = 0  # tokens of ``pending`` in the batch being decoded
     held: bool = False  # preempted: waits until another sequence leaves
+    lookup: PromptLookup | None = None  # the context's n-grams, with --speculative
+    draft: list[int] = field(default_factory=list)  # guesses after pending[0], this step
+
+
+Ending = tuple[FinishReason, bool]
+"""Why a sequence ends at a token: the finish reason, and whether a stop string hit."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +87,7 @@ class BatchOptions:
     prefill_chunk: int
     prompt_cache_bytes: int
     shared_kv: bool
+    speculation: SpeculationOptions | None = None
 
 
 class BatchRunner:
@@ -88,6 +102,7 @@ class BatchRunner:
         options: BatchOptions,
         on_step: Callable[[], None] = lambda: None,
         on_preempt: Callable[[], None] = lambda: None,
+        on_draft: Callable[[int, int], None] = lambda drafted, accepted: None,
     ) -> None:
         from llama_cpp import llama_cpp
 
@@ -106,6 +121,7 @@ class BatchRunner:
         self._admitted = 0
         self._on_step = on_step
         self._on_preempt = on_preempt
+        self._on_draft = on_draft
 
     @property
     def cache(self) -> PromptCache | None:
@@ -176,6 +192,10 @@ class BatchRunner:
         prompt = list(job.params.prompt_tokens)
         reuse = self.slots.acquire(prompt)
         self._admitted += 1
+        spec = self._options.speculation
+        lookup = None
+        if spec is not None:
+            lookup = PromptLookup(prompt, max_ngram=spec.max_ngram, min_ngram=spec.min_ngram)
         self._running.append(
             Sequence(
                 job=job,
@@ -188,6 +208,7 @@ class BatchRunner:
                 queue_wait_s=queue_wait_s,
                 started_at=time.perf_counter(),
                 order=self._admitted,
+                lookup=lookup,
             )
         )
         self._host.kv_changed()
@@ -223,7 +244,7 @@ class BatchRunner:
         while True:
             active = self._active()
             for seq in self._running:
-                seq.taken = 0
+                seq.taken, seq.draft = 0, []
             decoding = [s for s in active if len(s.pending) == 1]
             self.slots.make_room(len(decoding))
             if self.slots.free_cells() < len(decoding) and self._preempt_youngest():
@@ -232,7 +253,7 @@ class BatchRunner:
             for seq in decoding[: self.slots.free_cells()]:
                 seq.taken = 1
                 planned.append(seq)
-            used = len(planned)
+            used = len(planned) + self._draft(planned, options.n_batch - len(planned))
             chunk = min(
                 options.n_batch - used, options.prefill_chunk if planned else options.n_batch
             )
@@ -253,6 +274,27 @@ class BatchRunner:
         if not planned and active:
             self._fail(active, "the KV cache cannot hold this sequence (raise --kv-cells)")
         return planned
+
+    def _draft(self, decoding: list[Sequence], room: int) -> int:
+        """Give decoding sequences prompt-lookup drafts, oldest first, within ``room``
+        batch tokens and (shared pool) the free cells; returns how many were given.
+
+        Drafts never reach past max_tokens (they could not be emitted), and so never past
+        the sequence's window, which holds its prompt plus max_tokens.
+        """
+        spec = self._options.speculation
+        if spec is None:
+            return 0
+        if self.slots.shared:  # drafts take only free cells: no cached prefix is evicted
+            room = min(room, self.slots.free_cells() - len(decoding))
+        given = 0
+        for seq in decoding:
+            left = seq.job.params.max_tokens - seq.completion - 1
+            limit = min(spec.draft_tokens, left, room - given)
+            if limit > 0 and seq.lookup is not None:
+                seq.draft = seq.lookup.propose(limit)
+                given += len(seq.draft)
+        return given
 
     def _shed(self) -> bool:
         """llama.cpp found no room for the batch (fragmented or over-committed cells):
@@ -280,12 +322,13 @@ class BatchRunner:
         for seq in planned:
             start = len(seq.slot.tokens)
             last = seq.taken == len(seq.pending)
-            for j in range(seq.taken):
-                batch.token[i] = seq.pending[j]
+            # Logits for the last token and, to verify them, after every draft.
+            for j, token in enumerate(seq.pending[: seq.taken] + seq.draft):
+                batch.token[i] = token
                 batch.pos[i] = start + j
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq.slot.seq_id
-                batch.logits[i] = last and j == seq.taken - 1
+                batch.logits[i] = last and j >= seq.taken - 1
                 i += 1
         batch.n_tokens = i
         return int(self._lib.llama_decode(self._ctx, batch))
@@ -297,13 +340,51 @@ class BatchRunner:
             seq.slot.tokens.extend(tokens)
             del seq.pending[: seq.taken]
             row += seq.taken
-            if not seq.pending:
+            if seq.draft:
+                self._verify(seq, row - 1)
+                row += len(seq.draft)
+            elif not seq.pending:
                 self._sample(seq, row - 1)
         self._host.kv_changed()
 
     def _sample(self, seq: Sequence, row: int) -> None:
-        model, job = self._model, seq.job
         token = seq.sampler.sample(self._ctx, row)
+        ending = self._take(seq, token)
+        if ending is None:
+            seq.pending = [token]
+        else:
+            self._finish(seq, *ending)
+
+    def _verify(self, seq: Sequence, row: int) -> None:
+        """Sample at the last token's row and each draft's in turn while the samples match
+        the drafts (:func:`edge_node.speculative.verify_drafts`); remove the cells of the
+        drafts that were not accepted."""
+        draft = seq.draft
+        verified = len(seq.slot.tokens)  # cells of emitted tokens: the last one included
+        seq.slot.tokens.extend(draft)
+        emitted: list[int] = []
+        endings: list[Ending] = []
+
+        def take(i: int) -> int | None:
+            token = seq.sampler.sample(self._ctx, row + i)
+            ending = self._take(seq, token)
+            if ending is not None:
+                endings.append(ending)
+                return None
+            emitted.append(token)
+            return token
+
+        accepted = verify_drafts(draft, take)
+        self.slots.trim(seq.slot, verified + accepted)
+        self._on_draft(len(draft), accepted)
+        if endings:
+            self._finish(seq, *endings[0])
+        else:
+            seq.pending = [emitted[-1]]
+
+    def _take(self, seq: Sequence, token: int) -> Ending | None:
+        """Emit a sampled token; None while the sequence goes on, else why it ends."""
+        model, job = self._model, seq.job
         now = time.perf_counter()
         if seq.first_token_at is None:
             seq.first_token_at = now
@@ -313,27 +394,24 @@ class BatchRunner:
             )
         seq.last_token_at = now
         if job.cancelled.is_set():
-            self._finish(seq, "cancelled")
-            return
+            return "cancelled", False
         if model.is_end_of_generation(token) and not job.params.ignore_eos:
-            self._finish(seq, "stop")
-            return
+            return "stop", False
         seq.completion += 1
         text, stopped = seq.assembler.feed(model.piece(token))
         if text:
             self._host.emit(job, Delta(text=text))
         if stopped:
-            self._finish(seq, "stop", stop_sequence_hit=True)
-        elif seq.completion >= job.params.max_tokens:
-            self._finish(seq, "length")
-        else:
-            seq.pending = [token]
+            return "stop", True
+        if seq.completion >= job.params.max_tokens:
+            return "length", False
+        if seq.lookup is not None:
+            seq.lookup.append(token)
+        return None
 
     # -- leaving -------------------------------------------------------------------
 
-    def _finish(
-        self, seq: Sequence, reason: FinishReason, *, stop_sequence_hit: bool = False
-    ) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, stop_sequence_hit: bool = False) -> None:
         if reason != "cancelled" and not stop_sequence_hit:
             tail = seq.assembler.flush()  # held back as a possible stop prefix
             if tail:

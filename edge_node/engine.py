@@ -101,6 +101,8 @@ class Engine:
         self.state = EngineState.LOADING
         self.created = int(time.time())
         self.load_error: str | None = None
+        self.settled = asyncio.Event()
+        """Set on the event loop once the model is ready or has failed to load."""
         self._model: ChatModel | None = None
         self._runner: Runner | None = None
         self._outbox: list[tuple[Job, Event]] = []  # worker side: events not yet delivered
@@ -132,10 +134,34 @@ class Engine:
     def kind(self) -> str:
         return "batched" if self._settings.batching else "serial"
 
+    @property
+    def admitted(self) -> int:
+        """Requests admitted and not finished (generating + queued)."""
+        return len(self._admitted)
+
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        runner = self._runner
+        return runner.cache if runner is not None else None
+
+    @property
+    def running(self) -> int:
+        """Requests being generated now (racy read of a counter: fine for reports)."""
+        runner = self._runner
+        return runner.running if runner is not None else 0
+
+    def kv_cells(self) -> tuple[int, int, int] | None:
+        """KV cells (running, cached, total) once the model is loaded."""
+        runner, memory = self._runner, self.memory
+        if runner is None or memory is None:
+            return None
+        used, cached = runner.kv_cells()
+        return used, cached, memory.kv_cells
+
     def status(self) -> dict[str, object]:
         """Load, sequences and memory for ``/health`` (racy reads of counters: fine there)."""
-        runner, settings = self._runner, self._settings
-        running = runner.running if runner is not None else 0
+        settings = self._settings
+        running = self.running
         status: dict[str, object] = {
             "engine": self.kind,
             "parallel": settings.parallel,
@@ -143,9 +169,11 @@ class Engine:
             "queued": max(0, len(self._admitted) - running),
             "capacity": settings.capacity,
         }
-        if runner is not None and self.memory is not None:
-            used, cached = runner.kv_cells()
-            status["kv_cells"] = {"running": used, "cached": cached, "total": self.memory.kv_cells}
+        cells = self.kv_cells()
+        if cells is not None:
+            status["kv_cells"] = dict(zip(("running", "cached", "total"), cells, strict=True))
+        if settings.speculation is not None:
+            status["speculative"] = {"method": settings.speculative, **self._metrics.speculation()}
         return status
 
     def require_ready(self) -> ChatModel:
@@ -236,6 +264,7 @@ class Engine:
             self.state = EngineState.READY
             self._metrics.model_loaded.set(1)
             log.info("model %s loaded (n_ctx=%d, %s engine)", model.name, model.n_ctx, self.kind)
+        self.settled.set()
 
     def _on_load_failed(self, error: str) -> None:
         self.load_error = error
@@ -243,6 +272,7 @@ class Engine:
             self.state = EngineState.FAILED
             if self._on_failure is not None:
                 self._on_failure(error)
+        self.settled.set()
 
     # -- worker thread side ------------------------------------------------------------
 
@@ -283,9 +313,17 @@ class Engine:
             prefill_chunk=settings.prefill_chunk,
             prompt_cache_bytes=settings.prompt_cache_bytes,
             shared_kv=settings.kv_unified,
+            speculation=settings.speculation,
         )
         metrics = self._metrics
-        return BatchRunner(model, self, options, metrics.decode_steps.inc, metrics.preemptions.inc)
+        return BatchRunner(
+            model,
+            self,
+            options,
+            metrics.decode_steps.inc,
+            metrics.preemptions.inc,
+            metrics.record_drafts,
+        )
 
     def _self_check(self, model: ChatModel) -> bool:
         """Generate a few tokens before going ready (see :mod:`edge_node.self_check`)."""

@@ -19,6 +19,8 @@ or broken, which is what the gateway's fail-over keys on. The root derives from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hybrid_common.errors import ModelNotFoundError, OpenAIError, RequestError
 
 
@@ -48,10 +50,13 @@ class ContextLengthExceeded(InvalidRequest):
 class ModelNotFound(EdgeError, ModelNotFoundError):
     """The request names a model this node does not serve."""
 
-    def __init__(self, model: str, *, served: str) -> None:
+    def __init__(self, model: str, *, served: str | Sequence[str]) -> None:
+        # ``served``: the --model variant first, then the others (--variant).
+        names = [served] if isinstance(served, str) else list(served)
+        others = "".join(f", {name!r}" for name in names[1:])
         super().__init__(
-            f"The model {model!r} does not exist on this edge node; it serves {served!r} "
-            "(also reachable as 'edge').",
+            f"The model {model!r} does not exist on this edge node; it serves {names[0]!r} "
+            f"(also reachable as 'edge'){others}.",
             param="model",
         )
 

@@ -15,9 +15,10 @@ from aiohttp import web
 from .engine import Engine, EngineState, Event, Failed, Job
 from .errors import EdgeError, PayloadTooLarge, Unavailable
 from .generation import Delta, Finished, PromptEvaluated, Started
-from .keys import ENGINE, METRICS, SETTINGS, TRACING
+from .keys import METRICS, MODELS, SETTINGS, TRACING
 from .memory import resident_memory
-from .responses import SSE_DONE, CompletionIdentity, EdgeModelCard, sse_event
+from .registry import ModelRegistry
+from .responses import SSE_DONE, CompletionIdentity, sse_event
 from .schema import check_model, parse_chat_request, parse_json
 from .tracing import JobTrace, end_request_span, job_trace, request_span
 
@@ -30,7 +31,7 @@ _SSE_HEADERS = {
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, streaming (SSE) or not."""
-    settings, engine = request.app[SETTINGS], request.app[ENGINE]
+    settings, models = request.app[SETTINGS], request.app[MODELS]
     tracing = request.app[TRACING]
     outcome = "internal_error"
     status: int | None = 500
@@ -43,26 +44,30 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     f"The request body exceeds {settings.max_body_bytes} bytes."
                 ) from exc
             body = parse_json(raw)
-            check_model(body, settings.accepted_model_names, settings.served_model_name)
+            model = check_model(body, settings.accepted_model_names, settings.variant_names)
             chat = parse_chat_request(body)
-            engine.require_ready()
-            engine.check_capacity()  # refuse before tokenizing; submit() checks again after
-            params = await engine.prepare(chat)
-            phases = job_trace(tracing, span, prompt_tokens=len(params.prompt_tokens))
-            job = engine.submit(params)
-            try:
-                identity = CompletionIdentity(model=settings.served_model_name)
-                if chat.stream:
-                    response, outcome = await _stream(
-                        request, engine, job, identity, chat.include_usage, phases
-                    )
-                else:
-                    response, outcome = await _complete(job, identity, phases)
-                status = response.status
-                return response
-            finally:
-                phases.abandon("cancelled")  # a no-op once the job's last event was seen
-                engine.cancel(job)  # a no-op once the worker is done with the job
+            models.require_started()
+            # The variant's engine, loaded first if need be; never unloaded while in use.
+            async with models.use(model) as engine:
+                if engine.model_name != settings.served_model_name and span.is_recording():
+                    span.set_attribute("gen_ai.response.model", engine.model_name)
+                engine.check_capacity()  # refuse before tokenizing; submit() checks again
+                params = await engine.prepare(chat)
+                phases = job_trace(tracing, span, prompt_tokens=len(params.prompt_tokens))
+                job = engine.submit(params)
+                try:
+                    identity = CompletionIdentity(model=engine.model_name)
+                    if chat.stream:
+                        response, outcome = await _stream(
+                            request, engine, job, identity, chat.include_usage, phases
+                        )
+                    else:
+                        response, outcome = await _complete(job, identity, phases)
+                    status = response.status
+                    return response
+                finally:
+                    phases.abandon("cancelled")  # a no-op once the job's last event was seen
+                    engine.cancel(job)  # a no-op once the worker is done with the job
         except EdgeError as exc:
             outcome, status = exc.code, exc.status
             raise
@@ -168,55 +173,41 @@ def _coalesce(job: Job, first: Delta, phases: JobTrace) -> tuple[str, Event | No
 
 
 async def models(request: web.Request) -> web.Response:
-    """GET /v1/models: the one served model (``edge`` is accepted as an alias)."""
-    settings, engine = request.app[SETTINGS], request.app[ENGINE]
-    card: EdgeModelCard = {
-        "id": settings.served_model_name,
-        "object": "model",
-        "created": engine.created,
-        "owned_by": "edge-node",
-    }
-    if engine.n_ctx is not None:
-        card["max_model_len"] = engine.n_ctx
-    return web.json_response({"object": "list", "data": [card]})
+    """GET /v1/models: every variant, loaded or not (``edge`` names the ``--model`` one)."""
+    return web.json_response({"object": "list", "data": request.app[MODELS].cards()})
 
 
 async def health(request: web.Request) -> web.Response:
     """GET /health: 200 once the model serves, 503 (with Retry-After) before and after;
-    the body also says how busy the engine is and what the node holds in memory."""
-    settings, engine = request.app[SETTINGS], request.app[ENGINE]
-    ready = engine.state is EngineState.READY
+    the body also says how busy the engines are and what the node holds in memory."""
+    settings, models = request.app[SETTINGS], request.app[MODELS]
+    ready = models.state is EngineState.READY
     body: dict[str, object] = {
-        "status": "ok" if ready else engine.state.value,
+        "status": "ok" if ready else models.state.value,
         "model": settings.served_model_name,
-        **engine.status(),
-        "memory": _memory(engine),
+        **models.status(),
+        "memory": _memory(models),
     }
-    if engine.load_error is not None:
-        body["error"] = engine.load_error
+    if models.load_error is not None:
+        body["error"] = models.load_error
     headers = {} if ready else {"Retry-After": str(settings.retry_after_s)}
     return web.json_response(body, status=200 if ready else 503, headers=headers)
 
 
-def _memory(engine: Engine) -> dict[str, object]:
+def _memory(models: ModelRegistry) -> dict[str, object]:
     memory: dict[str, object] = {}
     resident = resident_memory()
     if resident is not None:
         memory["resident_bytes"] = resident.current_bytes
         memory["peak_resident_bytes"] = resident.peak_bytes
-    model = engine.memory
-    if model is not None and engine.n_ctx is not None:
-        memory["models"] = {
-            engine.model_name: {
-                "weights_bytes": model.weights_bytes,
-                "kv_cache_bytes": model.kv_cache_bytes,
-                "kv_bytes_per_cell": model.kv_bytes_per_cell,
-            }
-        }
+    loaded = models.model_memory()
+    if loaded:
+        memory["models"] = loaded
     return memory
 
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics in the Prometheus text format."""
+    request.app[MODELS].refresh_metrics()
     payload, content_type = request.app[METRICS].render()
     return web.Response(body=payload, headers={"Content-Type": content_type})

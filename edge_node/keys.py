@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .engine import Engine
 from .metrics import EdgeMetrics
+from .registry import ModelRegistry
 from .settings import Settings
 from .tracing import EdgeTracing
 
 SETTINGS = web.AppKey("edge_settings", Settings)
-ENGINE = web.AppKey("edge_engine", Engine)
+MODELS = web.AppKey("edge_models", ModelRegistry)
 METRICS = web.AppKey("edge_metrics", EdgeMetrics)
 TRACING = web.AppKey("edge_tracing", EdgeTracing)

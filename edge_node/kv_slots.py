@@ -155,6 +155,10 @@ class KvSlots:
         self._truncate(slot, 0)
         slot.unsaved = False
 
+    def trim(self, slot: Slot, keep: int) -> None:
+        """Free a busy slot's cells past its first ``keep`` tokens (rejected drafts)."""
+        self._truncate(slot, keep)
+
     def evict_one(self) -> bool:
         """Empty the least recently used idle slot that holds cells (snapshotting it first);
         False when no idle slot holds any."""

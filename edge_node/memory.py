@@ -5,7 +5,8 @@ Resident memory comes from ``/proc/self/status`` (``VmRSS`` now, ``VmHWM`` the p
 so it is read only on Linux; elsewhere it is unknown (``None``). A model's weights are
 ``llama_model_size``; its KV cache is cells x bytes per cell, with K and V stored as
 16-bit floats (llama.cpp's default cache type, which the node does not change) for every
-layer and KV head.
+layer and KV head. ``MemAvailable`` (``/proc/meminfo``) sizes the default bound on the
+variants a node keeps loaded (:mod:`edge_node.registry`).
 """
 
 from __future__ import annotations
@@ -73,3 +74,30 @@ def model_memory(llm: Any) -> ModelMemory:
         kv_cells=int(llm.n_ctx()),
         kv_bytes_per_cell=n_layer * 2 * n_head_kv * head_dim * _KV_ELEMENT_BYTES,
     )
+
+
+_MEMINFO = Path("/proc/meminfo")
+DEFAULT_LOADED_SHARE = 0.5
+"""Share of the memory available at start-up that loaded variants may take by default."""
+
+
+def available_memory_bytes(meminfo: Path = _MEMINFO) -> int | None:
+    """Memory the kernel says new allocations can take without swapping (``MemAvailable``),
+    or None where /proc is missing."""
+    try:
+        text = meminfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name == "MemAvailable":
+            return int(value.split()[0]) * 1024  # reported in kB
+    return None
+
+
+def default_max_loaded_bytes(meminfo: Path = _MEMINFO) -> int | None:
+    """The default bound on loaded variants: half of what is available now, so the node
+    leaves room for the prompt cache, llama.cpp's compute buffers and the rest of the
+    host; None (no bound) where the available memory cannot be read."""
+    available = available_memory_bytes(meminfo)
+    return None if available is None else int(available * DEFAULT_LOADED_SHARE)

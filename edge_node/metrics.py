@@ -128,6 +128,17 @@ class EdgeMetrics:
             "short; each is evaluated again later.",
             registry=r,
         )
+        self.draft_tokens = Counter(
+            "edge_speculative_draft_tokens",
+            "Draft tokens proposed by prompt lookup (--speculative) and verified by the model.",
+            registry=r,
+        )
+        self.accepted_tokens = Counter(
+            "edge_speculative_accepted_tokens",
+            "Draft tokens the request's own sampling agreed with: emitted without a decoding "
+            "step of their own.",
+            registry=r,
+        )
         self.kv_cells = Gauge(
             "edge_kv_cells_used",
             "KV cache cells holding tokens: 'running' for requests being decoded, 'cached' "
@@ -156,6 +167,22 @@ class EdgeMetrics:
         )
         self.resident_memory.set_function(lambda: _resident(peak=False))
         self.resident_memory_peak.set_function(lambda: _resident(peak=True))
+
+    def record_drafts(self, drafted: int, accepted: int) -> None:
+        """One sequence's drafts in one decoding step, and how many the model accepted."""
+        self.draft_tokens.inc(drafted)
+        self.accepted_tokens.inc(accepted)
+
+    def speculation(self) -> dict[str, int | float | None]:
+        """The draft counters and their ratio, for ``/health``."""
+        drafted = int(self._value("edge_speculative_draft_tokens_total"))
+        accepted = int(self._value("edge_speculative_accepted_tokens_total"))
+        rate = round(accepted / drafted, 4) if drafted else None
+        return {"draft_tokens": drafted, "accepted_tokens": accepted, "acceptance_rate": rate}
+
+    def _value(self, sample: str) -> float:
+        value = self.registry.get_sample_value(sample)
+        return 0.0 if value is None else float(value)
 
     def set_kv_cells(self, running: int, cached: int) -> None:
         self.kv_cells.labels(state="running").set(running)

@@ -26,9 +26,14 @@ class EdgeUsage(Usage, total=False):
 
 
 class EdgeModelCard(ModelCard, total=False):
-    """A model card plus vLLM's ``max_model_len`` so clients can see the context window."""
+    """A model card plus vLLM's ``max_model_len`` so clients can see the context window,
+    and the variant's state: ``loaded``, its GGUF's ``file_bytes`` and, while loaded, the
+    ``memory_bytes`` of its weights and KV cache (:mod:`edge_node.registry`)."""
 
     max_model_len: int
+    loaded: bool
+    file_bytes: int
+    memory_bytes: int
 
 
 def usage_of(finished: Finished) -> EdgeUsage:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hybrid_common.messages import checked_messages
@@ -68,13 +68,16 @@ def parse_json(raw: bytes) -> dict[str, object]:
     return body
 
 
-def check_model(body: Mapping[str, object], accepted: frozenset[str], served: str) -> None:
-    """Reject a missing model (400) or one this node does not serve (404)."""
+def check_model(
+    body: Mapping[str, object], accepted: frozenset[str], served: str | Sequence[str]
+) -> str:
+    """The requested model; a missing one is a 400, one this node does not serve a 404."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("You must provide a model parameter (a string).", param="model")
     if model not in accepted:
         raise ModelNotFound(model, served=served)
+    return model
 
 
 def parse_chat_request(body: Mapping[str, object]) -> ChatRequest:

@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .repack import REPACK_MODES, RepackMode
+from .speculative import (
+    MAX_DRAFT_TOKENS,
+    MAX_LOOKUP_NGRAM,
+    SPECULATIVE_METHODS,
+    SpeculationOptions,
+    SpeculativeMethod,
+)
 from .tracing import TracingConfig, tracing_config_from_env
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,9 +55,25 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
     weight_repack: RepackMode = "auto"
+    speculative: SpeculativeMethod = "off"
+    """``prompt-lookup``: draft tokens from each request's own context, verified in the
+    step that decodes its last token (:mod:`edge_node.speculative`); batching engine only."""
+    draft_tokens: int = 4
+    """Most draft tokens per sequence and decoding step (with ``speculative``)."""
+    lookup_ngram: int = 3
+    """Longest suffix of the context that prompt lookup matches (with ``speculative``)."""
+    lookup_ngram_min: int = 2
+    """Shortest suffix that may give a draft: a lone repeated token guesses badly, and on a
+    CPU a rejected draft costs nearly a token's decoding."""
     """llama.cpp's weight repacking: ``auto`` = off on AMX CPUs (see :mod:`edge_node.repack`)."""
     tracing: TracingConfig = field(default_factory=TracingConfig)
     """The standard OTEL_* variables (service name, OTLP endpoint, sampler); off by default."""
+    variants: tuple[tuple[str, Path], ...] = ()
+    """More GGUF variants served beside ``model_path`` (``--variant NAME=PATH``), each loaded
+    on the first request that names it (:mod:`edge_node.registry`)."""
+    max_loaded_bytes: int | None = None
+    """Bound on the weights and KV caches of the loaded variants; None = half the memory
+    available at start-up (:func:`edge_node.memory.default_max_loaded_bytes`)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -88,13 +111,61 @@ class Settings:
         if self.weight_repack not in REPACK_MODES:
             modes = ", ".join(REPACK_MODES)
             raise ValueError(f"weight_repack must be one of {modes}, got {self.weight_repack!r}")
+        if self.speculative not in SPECULATIVE_METHODS:
+            methods = ", ".join(SPECULATIVE_METHODS)
+            raise ValueError(f"speculative must be one of {methods}, got {self.speculative!r}")
+        if self.speculative != "off" and not self.batching:
+            # Llama.generate's draft_model path would need logits_all: n_ctx x vocabulary
+            # floats (400 MB for SmolLM2 at 2048 tokens) copied at every step.
+            raise ValueError(
+                f"speculative {self.speculative} needs the batching engine (parallel >= 2), "
+                "got parallel 1"
+            )
+        if not 1 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(
+                f"draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {self.draft_tokens}"
+            )
+        if not 1 <= self.lookup_ngram <= MAX_LOOKUP_NGRAM:
+            raise ValueError(
+                f"lookup_ngram must be in 1..{MAX_LOOKUP_NGRAM}, got {self.lookup_ngram}"
+            )
+        if not 1 <= self.lookup_ngram_min <= self.lookup_ngram:
+            raise ValueError(
+                f"lookup_ngram_min must be in 1..lookup_ngram ({self.lookup_ngram}), got "
+                f"{self.lookup_ngram_min}"
+            )
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
+        names = [self.served_model_name] + [name for name, _ in self.variants]
+        for name in names[1:]:
+            if not name or name == TIER_MODEL_NAME or names.count(name) > 1:
+                raise ValueError(
+                    f"variant name {name!r} must be non-empty, not {TIER_MODEL_NAME!r}, and "
+                    "differ from the served model name and the other variants"
+                )
+        if self.max_loaded_bytes is not None and self.max_loaded_bytes < 1:
+            raise ValueError(f"max_loaded_bytes must be >= 1, got {self.max_loaded_bytes}")
 
     @property
     def accepted_model_names(self) -> frozenset[str]:
         """Request ``model`` values this node answers; anything else is a 404."""
-        return frozenset({self.served_model_name, TIER_MODEL_NAME})
+        return frozenset({self.served_model_name, TIER_MODEL_NAME, *self.variant_names})
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        """Every served model: ``served_model_name`` (``--model``) first, then the variants."""
+        return (self.served_model_name, *(name for name, _ in self.variants))
+
+    @property
+    def speculation(self) -> SpeculationOptions | None:
+        """The batching engine's prompt-lookup settings, or None when speculation is off."""
+        if self.speculative == "off":
+            return None
+        return SpeculationOptions(
+            draft_tokens=self.draft_tokens,
+            max_ngram=self.lookup_ngram,
+            min_ngram=self.lookup_ngram_min,
+        )
 
     @property
     def batching(self) -> bool:
@@ -157,6 +228,21 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _variant(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH.gguf, got {value!r}")
+    return name.strip(), Path(path.strip())
+
+
+def _speculative_method(value: str) -> str:
+    method = value.strip().lower()
+    if method not in SPECULATIVE_METHODS:
+        methods = ", ".join(SPECULATIVE_METHODS)
+        raise argparse.ArgumentTypeError(f"expected one of {methods}, got {value!r}")
+    return method
+
+
 def _repack_mode(value: str) -> str:
     mode = value.strip().lower()
     if mode not in REPACK_MODES:
@@ -202,6 +288,13 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
         "prompt tokens per decoding step while other sequences decode",
     ),
     ("--prompt-cache-mb", "PROMPT_CACHE_MB", int, "RAM for saved KV states (0 = off)"),
+    (
+        "--max-loaded-mb",
+        "MAX_LOADED_MB",
+        _int_or_none,
+        "bound on the weights and KV caches of loaded variants (default: half the memory "
+        "available at start-up)",
+    ),
     ("--retry-after", "RETRY_AFTER_S", int, "Retry-After seconds sent with 503 answers"),
     ("--log-level", "LOG_LEVEL", str, "logging level (DEBUG, INFO, WARNING, ...)"),
     (
@@ -210,6 +303,31 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
         _repack_mode,
         "auto|on|off: llama.cpp's repacked weight buffers; auto = off on AMX CPUs, where "
         "they crash",
+    ),
+    (
+        "--speculative",
+        "SPECULATIVE",
+        _speculative_method,
+        "off|prompt-lookup: draft tokens from each request's own context, verified in one "
+        "decoding step (needs --parallel 2 or more; default off)",
+    ),
+    (
+        "--draft-tokens",
+        "DRAFT_TOKENS",
+        int,
+        "most draft tokens per sequence and step with --speculative (default 4)",
+    ),
+    (
+        "--lookup-ngram",
+        "LOOKUP_NGRAM",
+        int,
+        "longest context suffix prompt lookup matches, in tokens (default 3)",
+    ),
+    (
+        "--lookup-ngram-min",
+        "LOOKUP_NGRAM_MIN",
+        int,
+        "shortest context suffix that may give a draft, in tokens (default 2)",
     ),
 )
 
@@ -226,6 +344,14 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument(
             option, type=kind, default=None, help=f"{help_text} [{ENV_PREFIX}{env}]"
         )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        type=_variant,
+        metavar="NAME=PATH",
+        help="also serve this GGUF as model NAME, loaded on demand; repeatable "
+        f"[{ENV_PREFIX}VARIANTS: NAME=PATH,NAME=PATH]",
+    )
     return parser
 
 
@@ -258,11 +384,25 @@ def parse_settings(
     if not model_path.is_file():
         parser.error(f"model file not found: {model_path}")
 
+    variants: list[tuple[str, Path]] | None = args["variant"]
+    if variants is None and f"{ENV_PREFIX}VARIANTS" in env:
+        try:
+            variants = [_variant(item) for item in env[f"{ENV_PREFIX}VARIANTS"].split(",") if item]
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{ENV_PREFIX}VARIANTS: {exc}")
+    for name, path in variants or ():
+        if not path.is_file():
+            parser.error(f"variant {name}: model file not found: {path}")
+    values["variants"] = tuple(variants or ())
+
     renames = {"retry_after": "retry_after_s"}
     kwargs: dict[str, object] = {renames.get(key, key): value for key, value in values.items()}
     cache_mb = kwargs.pop("prompt_cache_mb", None)
     if isinstance(cache_mb, int):
         kwargs["prompt_cache_bytes"] = cache_mb * 1024 * 1024
+    loaded_mb = kwargs.pop("max_loaded_mb", None)
+    if isinstance(loaded_mb, int):
+        kwargs["max_loaded_bytes"] = loaded_mb * 1024 * 1024
     if isinstance(kwargs.get("log_level"), str):
         kwargs["log_level"] = str(kwargs["log_level"]).upper()
     try:

@@ -12,6 +12,8 @@ COMMANDS = {
     "train": "gateway.cli.train",
     "check-policy": "gateway.cli.check_policy",
     "shadow": "gateway.cli.shadow",
+    "keys": "gateway.cli.keys",
+    "usage": "gateway.cli.usage",
 }
 
 USAGE = """usage: python -m gateway COMMAND [options]
@@ -22,6 +24,8 @@ commands:
   train          fit the routing classifier on labelled JSONL traffic
   check-policy   validate policy YAML files
   shadow export  write shadowed requests and both answers as JSONL to label
+  keys           create, list, show, update and revoke API keys (kept in Redis)
+  usage          requests, tokens, cost and what routing saved, per key and tier
 """
 
 

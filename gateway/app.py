@@ -11,10 +11,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from gateway.accounts.directory import KeyDirectory
+from gateway.accounts.metrics import AccountMetrics
+from gateway.accounts.service import Accounting
+from gateway.accounts.store import KeyStore
+from gateway.errors import KeyStoreUnavailable
 from gateway.http.middlewares import api_key_auth, observe_requests, request_id_and_errors
 from gateway.http.routes import add_routes
 from gateway.metrics import GatewayMetrics
 from gateway.policy.model import HealthSpec
+from gateway.redis_client import close_client, redis_client
 from gateway.routing.state import PolicyHolder, RoutingState, load_routing_state
 from gateway.sessions.service import SessionService
 from gateway.sessions.store import SessionStore
@@ -22,7 +28,9 @@ from gateway.settings import Settings
 from gateway.shadow.metrics import ShadowMetrics
 from gateway.shadow.service import Shadowing
 from gateway.state import (
+    ACCOUNTING,
     FORWARDER,
+    KEYS,
     METRICS,
     POLICIES,
     POOL,
@@ -43,6 +51,10 @@ log = logging.getLogger("gateway")
 
 MAX_UPSTREAM_CONNECTIONS = 512
 """Bound on the shared connection pool; each node's own limit is its max_concurrency."""
+KEY_STORE_CONNECTIONS = 32
+"""Bound on the key store's pool: a key is read at most once per 0.5 s per replica."""
+KEY_STORE_SOCKET_TIMEOUT_S = 5.0
+"""Backstop only: each key store call has its own, shorter deadline."""
 
 
 async def create_app(
@@ -62,6 +74,8 @@ async def create_app(
     app.cleanup_ctx.append(_tracing(settings, tracing))  # first in, so flushed last
     app.cleanup_ctx.append(_upstreams(settings, initial))
     app.cleanup_ctx.append(_sessions)
+    app.cleanup_ctx.append(_keys)
+    app.cleanup_ctx.append(_accounting)
     app.cleanup_ctx.append(_shadowing)  # closed before the connections it uses
     app.cleanup_ctx.append(_policy_reloads)
     if health_checks:
@@ -137,6 +151,55 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     replay.cancel()
     await asyncio.gather(replay, return_exceptions=True)
     await service.aclose()
+
+
+async def _keys(app: web.Application) -> AsyncIterator[None]:
+    """API keys in Redis (GATEWAY_KEY_STORE=redis); otherwise a directory that knows none.
+
+    Redis down at start-up is not fatal: requests with a stored key get 503 until it is back.
+    """
+    settings = app[SETTINGS]
+    if not settings.key_store:
+        app[KEYS] = KeyDirectory(None)
+        yield
+        return
+    if settings.redis_url is None:
+        raise ValueError("GATEWAY_KEY_STORE=redis needs REDIS_URL")
+    client = redis_client(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        max_connections=KEY_STORE_CONNECTIONS,
+        timeout_s=KEY_STORE_SOCKET_TIMEOUT_S,
+    )
+    store = KeyStore(client)
+    try:
+        await store.ping()
+    except KeyStoreUnavailable as exc:
+        log.warning("the key store is not reachable at start-up: %s", exc.message)
+    directory = KeyDirectory(store)
+    app[KEYS] = directory
+    yield
+    await directory.aclose()
+    await close_client(client)
+
+
+async def _accounting(app: web.Application) -> AsyncIterator[None]:
+    """Per-key limits and budgets, and the usage ledger, with the key store (in its Redis);
+    otherwise off. Closed after the last request: the ledger writes what is queued."""
+    settings = app[SETTINGS]
+    if not settings.key_store or settings.redis_url is None:
+        app[ACCOUNTING] = Accounting.off()
+        yield
+        return
+    accounting = Accounting.connect(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        metrics=AccountMetrics(app[METRICS].registry),
+    )
+    accounting.start()  # Redis down at start-up is not fatal: the ledger keeps its queue
+    app[ACCOUNTING] = accounting
+    yield
+    await accounting.aclose()
 
 
 async def _shadowing(app: web.Application) -> AsyncIterator[None]:

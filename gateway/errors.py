@@ -12,6 +12,7 @@ the edge node's errors.
     │   ├── InvalidJSON (400 invalid_json)
     │   ├── InvalidRequest (400 invalid_request, names the param)
     │   ├── Unauthorized (401 invalid_api_key)
+    │   ├── Forbidden (403 permission_denied)
     │   ├── ModelNotFound (404 model_not_found)
     │   └── UpstreamClientError (the upstream's 4xx, passed on)
     ├── UpstreamError (502 upstream_error)          one attempt failed: may fail over
@@ -23,15 +24,20 @@ the edge node's errors.
     │   │   └── UpstreamRateLimited (429 upstream_rate_limited)
     │   ├── UpstreamProtocolError (502 upstream_protocol_error)
     │   └── UpstreamIncomplete (502 upstream_stream_truncated)   the answer broke off
-    └── NoCapacity (503 no_healthy_upstream, with Retry-After)
+    ├── NoCapacity (503 no_healthy_upstream, with Retry-After)
+    ├── KeyStoreUnavailable (503 key_store_unavailable, with Retry-After)
+    ├── RateLimited (429 rate_limit_exceeded, type requests|tokens, Retry-After)  a key's RPM/TPM
+    ├── BudgetExceeded (429 budget_exceeded, type insufficient_quota, Retry-After)
+    └── LimitsUnavailable (503 limits_unavailable, Retry-After)   Redis down, fail-closed
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 from hybrid_common.errors import ModelNotFoundError, OpenAIError, RequestError
-from hybrid_common.protocol import ErrorBody
+from hybrid_common.protocol import ErrorBody, error_body
 
 FailureKind = Literal["connect_error", "timeout", "status_5xx", "overloaded", "protocol_error"]
 
@@ -71,6 +77,12 @@ class Unauthorized(ClientError):
     status = 401
     code = "invalid_api_key"
     type = "authentication_error"
+
+
+class Forbidden(ClientError):
+    status = 403
+    code = "permission_denied"
+    type = "permission_error"
 
 
 class ModelNotFound(ClientError, ModelNotFoundError):
@@ -168,15 +180,98 @@ class NoCapacity(GatewayError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class KeyStoreUnavailable(GatewayError):
+    """The API keys in Redis could not be read (and no recent copy was at hand): the
+    request is refused with 503, never let through unchecked."""
+
+    status = 503
+    code = "key_store_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class RateLimited(GatewayError):
+    """A key's requests or tokens per minute are used up, across every replica.
+
+    OpenAI's shape: ``type`` says which limit (``requests`` or ``tokens``); the
+    ``x-ratelimit-*`` headers and ``Retry-After`` say how the key stands and when to retry.
+    """
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: Literal["requests", "tokens"],
+        retry_after_s: int,
+        limit_headers: Mapping[str, str],
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.limit_headers = limit_headers
+
+    def body(self) -> ErrorBody:
+        return error_body(self.message, type=self.limit, code=self.code)
+
+    def headers(self) -> dict[str, str]:
+        return {**self.limit_headers, "Retry-After": str(self.retry_after_s)}
+
+
+class BudgetExceeded(GatewayError):
+    """A key's budget for the period is spent (and reserved): refused until it resets.
+
+    ``x-should-retry: false`` tells the OpenAI SDKs not to retry (they retry a 429 by
+    default): nothing changes before ``Retry-After``, hours away.
+    """
+
+    status = 429
+    code = "budget_exceeded"
+    type = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s), "x-should-retry": "false"}
+
+
+class LimitsUnavailable(GatewayError):
+    """Redis could not check a key's limits or budget, and the policy fails closed
+    (``limits.on_store_error: closed``)."""
+
+    status = 503
+    code = "limits_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 __all__ = [
     "BodyTooLarge",
+    "BudgetExceeded",
     "ClientError",
     "FailureKind",
     "GatewayError",
     "InvalidJSON",
     "InvalidRequest",
+    "KeyStoreUnavailable",
+    "LimitsUnavailable",
     "ModelNotFound",
     "NoCapacity",
+    "RateLimited",
     "RequestTimeout",
     "Unauthorized",
     "UpstreamClientError",

@@ -116,7 +116,8 @@ class GatewayMetrics:
         self.node_skips = BoundCounter(
             "gateway_node_skips",
             "Nodes passed over without an attempt (unhealthy, circuit_open, at_capacity), "
-            "and tiers without nodes (node empty, no_nodes), when no node of the tier could "
+            "tiers without nodes (node empty, no_nodes) and tiers the API key may not use "
+            "(tier_not_allowed), when no node of the tier could "
             "take the request",
             ("tier", "node", "reason"),
             registry=r,

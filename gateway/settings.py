@@ -55,6 +55,12 @@ class Settings:
     """REDIS_CLUSTER=1: REDIS_URL names a node of a Redis Cluster (cluster client)."""
     api_keys: frozenset[str] = frozenset()
     """GATEWAY_API_KEYS: when set, clients must send one as a Bearer token."""
+    key_store: bool = False
+    """GATEWAY_KEY_STORE=redis: keys created with ``python -m gateway keys`` or the admin
+    API (kept in Redis at REDIS_URL) are accepted, and clients must send a key."""
+    admin_key: str | None = None
+    """GATEWAY_ADMIN_KEY: the Bearer token of the admin API (``/admin/keys``,
+    ``/v1/usage``); unset, that API answers 403."""
     policy_poll_s: float = 1.0
     log_level: str = "INFO"
     log_format: LogFormat = "json"
@@ -95,6 +101,11 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         )
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+    key_store = env.get("GATEWAY_KEY_STORE", "").strip().lower()
+    if key_store not in {"", "redis"}:
+        raise SettingsError(f"GATEWAY_KEY_STORE must be redis or unset, got {key_store!r}")
+    if key_store and not env.get("REDIS_URL"):
+        raise SettingsError("GATEWAY_KEY_STORE=redis needs REDIS_URL")
     return Settings(
         policy_path=Path(env.get("GATEWAY_POLICY") or DEFAULT_POLICY),
         host=env.get("GATEWAY_HOST", "127.0.0.1"),
@@ -104,6 +115,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=env.get("REDIS_URL") or None,
         redis_cluster=env.get("REDIS_CLUSTER", "").strip().lower() in {"1", "true", "yes"},
         api_keys=keys,
+        key_store=bool(key_store),
+        admin_key=env.get("GATEWAY_ADMIN_KEY", "").strip() or None,
         log_level=env.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
         log_format="text" if log_format == "text" else "json",
         tracing=tracing,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from gateway.accounts.directory import KeyDirectory
+from gateway.accounts.service import Accounting
 from gateway.metrics import GatewayMetrics
 from gateway.routing.state import PolicyHolder
 from gateway.sessions.service import SessionService
@@ -34,9 +36,15 @@ SESSIONS: web.AppKey[SessionService] = web.AppKey("gateway_sessions", SessionSer
 """Conversation history (disabled, but present, without REDIS_URL)."""
 SHADOW: web.AppKey[Shadowing] = web.AppKey("gateway_shadow", Shadowing)
 """Re-asking sampled edge answers on the cloud (idle, but present, without a policy section)."""
+KEYS: web.AppKey[KeyDirectory] = web.AppKey("gateway_keys", KeyDirectory)
+"""API keys kept in Redis (disabled, but present, without GATEWAY_KEY_STORE=redis)."""
+ACCOUNTING: web.AppKey[Accounting] = web.AppKey("gateway_accounting", Accounting)
+"""Per-key limits, budgets and the usage ledger (off, but present, without the key store)."""
 
 __all__ = [
+    "ACCOUNTING",
     "FORWARDER",
+    "KEYS",
     "METRICS",
     "POLICIES",
     "POOL",

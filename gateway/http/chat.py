@@ -5,26 +5,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 from opentelemetry import trace
 
+from gateway.accounts.tiers import allowed_tiers, restrict_to_key
 from gateway.errors import UpstreamTimeout
 from gateway.http.access import CHAT_ACCESS, ChatAccess, session_hash
 from gateway.http.body import read_body
-from gateway.http.middlewares import CALLER, REQUEST_ID, REQUEST_ID_HEADER
+from gateway.http.middlewares import API_KEY, CALLER, REQUEST_ID, REQUEST_ID_HEADER
 from gateway.http.relay import DONE_EVENT, error_event, sse_event
 from gateway.http.validation import parse_chat_request
 from gateway.metrics import GatewayMetrics
 from gateway.policy.model import Policy
-from gateway.routing.decide import Decision, RoutingRequest
+from gateway.routing.decide import Decision, RoutingRequest, with_variant
 from gateway.routing.fitted import decide_fitted
 from gateway.routing.needs import request_needs
 from gateway.sessions.conversation import Conversation
 from gateway.sessions.prompts import TierPrompts
 from gateway.shadow.service import Shadowing
-from gateway.state import FORWARDER, METRICS, POLICIES, SESSIONS, SETTINGS, SHADOW, TRACING
+from gateway.state import (
+    ACCOUNTING,
+    FORWARDER,
+    METRICS,
+    POLICIES,
+    SESSIONS,
+    SETTINGS,
+    SHADOW,
+    TRACING,
+)
 from gateway.telemetry import decision_attributes, passthrough_headers, record_answer, record_route
 from gateway.upstream.answer_record import AnswerRecord
 from gateway.upstream.answer_stream import AnswerStream
@@ -74,6 +85,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         if classify.is_recording():
             classify.set_attributes(decision_attributes(decision, routing.classifier.name))
+    key = request.get(API_KEY)
+    decision = restrict_to_key(decision, key, policy, needs)  # a key's tiers (free plan: edge)
+    decision = with_variant(policy, decision, needs)  # the moved tier's variant, if it moved
     record_route(trace.get_current_span(), decision)
     metrics.route_decisions.labels(decision.tier, decision.reason_kind).inc()
     upstream_headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]}
@@ -83,10 +97,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         tier=decision.tier,
         body=chat,
         pinned_model=decision.model,
+        variant=decision.variant,
         headers=upstream_headers,
         session_key=conversation.session_id if conversation else None,
         for_tier=prompts.body_for,
         needs=needs.needs,
+        allowed_tiers=allowed_tiers(key),
     )
     record = AnswerRecord()
     request[CHAT_ACCESS] = ChatAccess(
@@ -96,6 +112,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         fallback=record.failures,
         session_hash=session_hash(conversation.session_id) if conversation else None,
     )
+    accounting = app[ACCOUNTING]
+    admission = None
+    if key is not None and accounting.enabled:  # one Redis call, for keys with limits only
+        admission = await accounting.admit(
+            key,
+            policy,
+            prompt_tokens=decision.complexity.prompt_tokens,
+            max_tokens=prompts.client_budget,
+        )
     routed = _Routed(
         forwarder=app[FORWARDER],
         metrics=metrics,
@@ -109,10 +134,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         access=request[CHAT_ACCESS],
         request_id=request[REQUEST_ID],
         shadowing=app[SHADOW],
+        limit_headers=admission.headers if admission is not None else {},
     )
-    if chat.get("stream"):
-        return await _stream(request, routed)
-    return await _complete(routed)
+    try:
+        if chat.get("stream"):
+            return await _stream(request, routed)
+        return await _complete(routed)
+    finally:
+        if accounting.enabled:  # once, whatever happened: the usage, and the reservation back
+            accounting.settle(
+                admission,
+                key,
+                static=CALLER in request,
+                record=record,
+                policy=policy,
+                messages=chat["messages"],
+            )
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -131,6 +168,14 @@ class _Routed:
     access: ChatAccess
     request_id: str
     shadowing: Shadowing
+    limit_headers: Mapping[str, str]
+    """The key's ``x-ratelimit-*`` (and budget warning) headers, for the answer."""
+
+    @property
+    def may_shadow(self) -> bool:
+        """Shadowing re-asks the cloud: not for a key the cloud is closed to (its prompt
+        may not go there)."""
+        return "cloud" in self.plan.allowed_tiers
 
     @property
     def deadline(self) -> float:
@@ -151,6 +196,8 @@ class _Routed:
                 f"{f.node}:{f.reason}" for f in self.record.failures
             )
         headers.update(self.prompts.response_headers(node.tier))
+        if self.limit_headers:
+            headers.update(self.limit_headers)
         if self.conversation is not None:
             dropped = self.prompts.prompt(node.tier).dropped
             headers.update(self.conversation.response_headers(node.tier, dropped=dropped))
@@ -200,7 +247,7 @@ async def _complete(routed: _Routed) -> web.Response:
         metrics.duration_s.labels(tier).observe(time.perf_counter() - routed.started)
         if routed.conversation is not None:  # stored before the client can go on
             await routed.conversation.record_completion(done.body, tier)
-        if tier == "edge":  # sampled: re-asked on the cloud once this is sent (gateway/shadow)
+        if tier == "edge" and routed.may_shadow:  # sampled: re-asked on the cloud once sent
             routed.shadowing.offer(routed, body=done.body)
         return web.Response(
             body=done.payload, content_type="application/json", headers=routed.headers(lease)
@@ -274,7 +321,7 @@ async def _stream(request: web.Request, routed: _Routed) -> web.StreamResponse:
         answer.close()
         if outcome == "ok":  # a failed answer is not a completion, in requests or in tokens
             routed.account()
-            if answer.node.tier == "edge":  # sampled: re-asked on the cloud (gateway/shadow)
+            if answer.node.tier == "edge" and routed.may_shadow:  # sampled (gateway/shadow)
                 routed.shadowing.offer(routed)
         metrics.requests.labels(answer.node.tier, outcome).inc()
         metrics.duration_s.labels(answer.node.tier).observe(time.perf_counter() - routed.started)

@@ -15,11 +15,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from gateway.accounts.model import ApiKey
 from gateway.errors import GatewayError, Unauthorized
 from gateway.http.access import CHAT_ACCESS, access_fields
 from gateway.logs import request_id_var
 from gateway.sessions.keys import owner_of_key
-from gateway.state import METRICS, SETTINGS, TRACING
+from gateway.state import KEYS, METRICS, SETTINGS, TRACING
 from gateway.telemetry import server_span
 from hybrid_common.protocol import error_body
 
@@ -158,15 +159,18 @@ async def _observed(
             shown = status if status is not None else "disconnected"
             words, fields = access_fields(request.get(CHAT_ACCESS))
             path = logged_path(request)
+            stored = request.get(API_KEY)  # named by its id: the key itself is never logged
+            key_id = stored.id if stored is not None else None
             access_log.log(
                 level,
-                "%s %s %s %.1f ms%s%s",
+                "%s %s %s %.1f ms%s%s%s",
                 request.method,
                 path,
                 shown,
                 duration_ms,
                 f" {tier}/{node}" if tier else "",
                 words,
+                f" key={key_id}" if key_id is not None else "",
                 extra={
                     "method": request.method,
                     "path": path,
@@ -175,6 +179,7 @@ async def _observed(
                     "tier": tier,
                     "node": node,
                     **fields,
+                    "key_id": key_id,
                 },
             )
 
@@ -231,33 +236,66 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
 CALLER: web.RequestKey[str] = web.RequestKey("caller", str)
 """Who sent an authenticated request: :func:`~gateway.sessions.keys.owner_of_key` of the
 API key it presented (a hash, never the key). It owns the sessions the request names.
-Unset when GATEWAY_API_KEYS is not set (one shared namespace)."""
+Unset when no key is required (one shared namespace)."""
+API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)
+"""The stored key (GATEWAY_KEY_STORE=redis) a request presented: its id, limits, budget
+and tiers. Unset for a GATEWAY_API_KEYS key and when no key is required."""
+
+_ADMIN_PREFIX = "/admin/"
+_ADMIN_PATHS = frozenset({"/v1/usage"})
+"""Guarded by the admin key (:func:`~gateway.http.admin_auth.require_admin`) in their
+handlers, not by client keys: a client key opens none of them, nor is one needed."""
 
 
 @web.middleware
 async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """When GATEWAY_API_KEYS is set, require one of them as a Bearer token; the key that
-    matched names the request's :data:`CALLER`."""
-    keys = request.app[SETTINGS].api_keys
-    if keys and request.path not in _PUBLIC_PATHS:
-        key = _presented_key(request.headers.get("Authorization", ""), keys)
-        if key is None:
-            raise Unauthorized("Missing or invalid API key; send Authorization: Bearer <key>.")
-        request[CALLER] = owner_of_key(key)
+    """Require a client key when GATEWAY_API_KEYS is set or GATEWAY_KEY_STORE=redis: one
+    of GATEWAY_API_KEYS first (as before the key store existed), else a stored key that is
+    not revoked (:data:`API_KEY`). The key names the request's :data:`CALLER`. Probes and
+    the admin API (:data:`_ADMIN_PATHS`) are not guarded here."""
+    settings = request.app[SETTINGS]
+    keys = settings.api_keys
+    if (keys or settings.key_store) and not _unguarded(request.path):
+        token = _bearer(request.headers.get("Authorization", ""))
+        key = None if token is None else _static_key(token, keys)
+        if key is not None:
+            request[CALLER] = owner_of_key(key)
+        else:
+            stored = None
+            if token is not None and settings.key_store:
+                stored = await request.app[KEYS].authenticate(token)
+            if token is None or stored is None:
+                raise Unauthorized(
+                    "Missing, invalid or revoked API key; send Authorization: Bearer <key>."
+                )
+            request[API_KEY] = stored
+            request[CALLER] = owner_of_key(token)
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute("gateway.key_id", stored.id)
     return await handler(request)
 
 
-def _presented_key(authorization: str, keys: frozenset[str]) -> str | None:
-    """The configured key that an ``Authorization`` value presents as a Bearer token.
+def _unguarded(path: str) -> bool:
+    return path in _PUBLIC_PATHS or path in _ADMIN_PATHS or path.startswith(_ADMIN_PREFIX)
+
+
+def _bearer(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value; None for anything else."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip()
+
+
+def _static_key(token: str, keys: frozenset[str]) -> str | None:
+    """The configured key that a Bearer ``token`` presents.
 
     Compared as bytes, in constant time, with every key (the time taken does not say which
     one matched). A header that is not UTF-8 reaches here surrogate-escaped by aiohttp: it
     is compared as the bytes it was, and is just a wrong key.
     """
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    presented = _raw(token.strip())
+    presented = _raw(token)
     matched: str | None = None
     for key in keys:
         if hmac.compare_digest(presented, _raw(key)):

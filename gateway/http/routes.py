@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.http.admin_keys import add_admin_key_routes
 from gateway.http.chat import chat_completions
 from gateway.http.sessions_api import add_session_routes
+from gateway.http.usage_api import add_usage_routes
 from gateway.state import METRICS, POLICIES, POOL
 from gateway.upstream.circuit import CircuitState
 from hybrid_common.protocol import ModelCard, ModelList
@@ -72,3 +74,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     add_session_routes(app)
+    add_admin_key_routes(app)
+    add_usage_routes(app)

@@ -15,7 +15,9 @@ from typing import Final, Literal
 
 from gateway.policy.capabilities import Capability
 from gateway.policy.fallback import FallbackSpec
+from gateway.policy.pricing import LimitsSpec, PricingSpec
 from gateway.policy.shadow import ShadowSpec
+from gateway.policy.variants import VariantSpec
 from hybrid_common.protocol import Tier
 
 ClassifierKind = Literal["heuristic", "learned"]
@@ -46,6 +48,9 @@ class TierSpec:
     default_max_tokens: int | None = None
     """max_tokens sent when a request sets none; None: ``sessions.completion_reserve_tokens``
     (:func:`gateway.policy.answer_budget.default_max_tokens`)."""
+    variants: tuple[VariantSpec, ...] = ()
+    """Served models of the tier by complexity score, lightest first
+    (:mod:`gateway.policy.variants`); empty: any node of the tier."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +130,10 @@ class Policy:
     sessions: SessionsSpec = field(default_factory=SessionsSpec)
     shadow: ShadowSpec | None = None
     """Re-asking sampled edge answers on the cloud (:mod:`gateway.policy.shadow`); None: off."""
+    pricing: PricingSpec = field(default_factory=PricingSpec)
+    """What tokens cost per tier and model (:mod:`gateway.policy.pricing`); all 0 by default."""
+    limits: LimitsSpec = field(default_factory=LimitsSpec)
+    """How per-key limits and budgets behave while Redis is down."""
     max_body_bytes: int = 1 << 20
     source: str = "<memory>"
 

@@ -29,8 +29,10 @@ from gateway.policy.model import (
     SessionsSpec,
     TierSpec,
 )
+from gateway.policy.pricing import parse_pricing, parse_store_error_mode
 from gateway.policy.reader import PolicyReader
 from gateway.policy.shadow import parse_shadow, resolve_dir
+from gateway.policy.variants import VARIANTS_KEY, parse_variants
 from hybrid_common.protocol import TIERS, Tier
 from hybrid_common.yaml_lines import YAMLLimitError, YAMLSyntaxError, load_located
 
@@ -46,7 +48,17 @@ def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
     top = r.mapping(
         doc.data,
         "",
-        ("version", "tiers", "routing", "fallback", "health", "sessions", "shadow", "limits"),
+        (
+            "version",
+            "tiers",
+            "routing",
+            "fallback",
+            "health",
+            "sessions",
+            "shadow",
+            "limits",
+            "pricing",
+        ),
     )
     if "version" not in top:
         raise r.fail("version", f"missing (this gateway reads version {POLICY_VERSION})")
@@ -58,7 +70,7 @@ def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
         raise r.fail("tiers", "missing: define tiers.edge and tiers.cloud")
     tiers_map = r.mapping(top["tiers"], "tiers", TIERS)
     tiers = {name: _tier(r, tiers_map.get(name, {}), f"tiers.{name}", name) for name in TIERS}
-    limits = r.mapping(top.get("limits", {}), "limits", ("max_body_bytes",))
+    limits = r.mapping(top.get("limits", {}), "limits", ("max_body_bytes", "on_store_error"))
     return Policy(
         version=POLICY_VERSION,
         tiers=tiers,
@@ -68,6 +80,8 @@ def parse_policy(text: str, *, source: str = "<memory>") -> Policy:
         sessions=_sessions(r, top.get("sessions", {})),
         shadow=parse_shadow(r, top["shadow"]) if "shadow" in top else None,  # opt-in only
         max_body_bytes=r.integer(limits, "limits", "max_body_bytes", 1 << 20, low=1024),
+        pricing=parse_pricing(r, top.get("pricing", {})),
+        limits=parse_store_error_mode(r, limits),
         source=source,
     )
 
@@ -95,7 +109,14 @@ def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
     m = r.mapping(
         value,
         path,
-        ("context_window", "nodes", "max_concurrency_per_node", "supports", "default_max_tokens"),
+        (
+            "context_window",
+            "nodes",
+            "max_concurrency_per_node",
+            "supports",
+            "default_max_tokens",
+            VARIANTS_KEY,
+        ),
     )
     per_node = r.integer(m, path, "max_concurrency_per_node", 16)
     supports = parse_supports(r, m, path, DEFAULT_SUPPORTS[name])
@@ -119,7 +140,11 @@ def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
     names = [node.name for node in nodes]
     for index, node_name in enumerate(names):
         if names.index(node_name) != index:
-            raise r.fail(f"{path}.nodes[{index}].name", f"duplicate node name {node_name!r}")
+            raise r.fail(
+                f"{path}.nodes[{index}].name",
+                f"duplicate node name {node_name!r} (a node listed once per served model, "
+                "as for variants, needs a name in each entry)",
+            )
     window = r.integer(m, path, "context_window", 2048 if name == "edge" else 8192, low=256)
     return TierSpec(
         name=name,
@@ -128,6 +153,7 @@ def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
         max_concurrency_per_node=per_node,
         supports=supports,
         default_max_tokens=parse_default_max_tokens(r, m, path, context_window=window),
+        variants=parse_variants(r, m, path, [node.model for node in nodes]),
     )
 
 

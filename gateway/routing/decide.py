@@ -41,6 +41,10 @@ class Decision:
     complexity: Complexity
     model: str | None = None
     """A served model name the client pinned, or None to let the gateway pick any node."""
+    variant: str | None = None
+    """The served model the policy chose within the tier (``tiers.<tier>.variants``): the
+    routed tier's nodes serving it are asked; unlike a pin, fallback to the other tier works
+    as for any routed request."""
 
     @property
     def score(self) -> float:
@@ -49,8 +53,9 @@ class Decision:
 
 def decide(policy: Policy, classifier: Classifier, request: RoutingRequest) -> Decision:
     """Pick the tier for one request: a pin (if allowed), then the rules, then the score;
-    then :func:`within_capabilities`."""
-    return within_capabilities(policy, _choose(policy, classifier, request), request.needs)
+    then :func:`within_capabilities`, then the tier's variant (:func:`with_variant`)."""
+    decision = within_capabilities(policy, _choose(policy, classifier, request), request.needs)
+    return with_variant(policy, decision, request.needs)
 
 
 def _choose(policy: Policy, classifier: Classifier, request: RoutingRequest) -> Decision:
@@ -178,6 +183,32 @@ def within_capabilities(policy: Policy, decision: Decision, needs: RequestNeeds)
     if need == "tool_choice_auto" and {"tool_choice_required", "tool_choice_function"} & anywhere:
         message += ' Send tool_choice "required" or one that names a function: those are served.'
     raise InvalidRequest(message, param=needs.param(need))
+
+
+def with_variant(policy: Policy, decision: Decision, needs: RequestNeeds) -> Decision:
+    """``decision`` sent to its tier's first variant whose ``score_below`` is above the
+    score and that a node of the tier serves with all of ``needs``; the reason says which.
+    Unchanged when the client pinned a served model; without a variant when none applies
+    (:mod:`gateway.policy.variants`). Idempotent, so a step that moves the decision to
+    another tier afterwards can apply it again."""
+    if decision.model is not None:
+        return decision
+    score = decision.score
+    for variant in policy.tiers[decision.tier].variants:
+        if variant.score_below is not None and score >= variant.score_below:
+            continue
+        if not _serving(policy, decision.tier, variant.model, needs):
+            continue
+        if decision.variant == variant.model:
+            return decision
+        why = "the rest" if variant.score_below is None else f"< {variant.score_below:.2f}"
+        return dataclasses.replace(
+            decision,
+            variant=variant.model,
+            reason=f"{decision.reason}; {decision.tier} variant {variant.model} "
+            f"(score {score:.2f} {why})",
+        )
+    return dataclasses.replace(decision, variant=None) if decision.variant else decision
 
 
 def _serving(policy: Policy, tier: Tier, model: str | None, needs: RequestNeeds) -> bool:

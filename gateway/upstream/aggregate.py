@@ -48,6 +48,13 @@ class CompletionBuilder:
         fingerprint = chunk.get("system_fingerprint")
         if isinstance(fingerprint, str):
             self.system_fingerprint = fingerprint
+        choices = chunk.get("choices")
+        if type(choices) is list and len(choices) == 1:  # the common chunk, checked inline
+            raw = choices[0]
+            if type(raw) is dict and raw.get("index", 0) == 0 and not raw.get("logprobs"):
+                delta = raw.get("delta")
+                if not delta or (type(delta) is dict and _PLAIN_DELTA.issuperset(delta)):
+                    return  # text and finish reason only: the record has both
         for raw in choices_of(chunk):
             index = raw.get("index", 0)
             index = index if isinstance(index, int) else 0

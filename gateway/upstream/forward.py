@@ -29,11 +29,13 @@ from gateway.upstream import client
 from gateway.upstream.circuit import CircuitState
 from gateway.upstream.pool import Lease, Node, NodePool
 from gateway.upstream.retry import Jitter, same_node_delay
-from hybrid_common.protocol import ChatCompletionRequest, Tier
+from hybrid_common.protocol import TIERS, ChatCompletionRequest, Tier
 
 T = TypeVar("T")
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+TIER_NOT_ALLOWED = "tier_not_allowed"
+"""The skip reason of a tier the request's API key may not use."""
 
 
 def other_tier(tier: Tier) -> Tier:
@@ -67,6 +69,12 @@ class AttemptPlan:
     fitting: each tier has its own window, so a fallback gets a body of its own)."""
     needs: frozenset[Capability] = frozenset()
     """Only nodes that support all of these are asked, on either tier."""
+    allowed_tiers: frozenset[Tier] = frozenset(TIERS)
+    """The tiers the request may be served by (its API key's): no attempt, fallback or
+    continuation goes to another; one passed over is a skip named :data:`TIER_NOT_ALLOWED`."""
+    variant: str | None = None
+    """The served model the policy chose on ``tier`` (:attr:`Decision.variant`): only that
+    tier's nodes serving it are asked there; a fallback tier takes any of its nodes."""
 
     def with_body(self, body: ChatCompletionRequest, *, tier: Tier | None = None) -> AttemptPlan:
         """This plan asking for ``body`` instead (on ``tier`` first, when given)."""
@@ -78,7 +86,15 @@ class AttemptPlan:
             headers=self.headers,
             for_tier=self.for_tier,
             needs=self.needs,
+            allowed_tiers=self.allowed_tiers,
+            variant=self.variant if tier in (None, self.tier) else None,
         )
+
+    def model_for(self, tier: Tier) -> str | None:
+        """The served model the nodes asked on ``tier`` must serve; None: any."""
+        if self.pinned_model is not None:
+            return self.pinned_model
+        return self.variant if tier == self.tier else None
 
     def encode_for(self, node: Node) -> bytes:
         """The client's body, unknown fields untouched, asking for the node's own model."""
@@ -208,9 +224,13 @@ class Forwarder:
             else:
                 if tier_index >= len(tiers):
                     break
+                if tiers[tier_index] not in plan.allowed_tiers:
+                    self._not_allowed(tiers[tier_index], failures)
+                    tier_index += 1
+                    continue
                 acquired = self.pool.acquire(
                     tiers[tier_index],
-                    model=plan.pinned_model,
+                    model=plan.model_for(tiers[tier_index]),
                     exclude=frozenset(tried),
                     session_key=plan.session_key,
                     needs=plan.needs,
@@ -330,11 +350,16 @@ class Forwarder:
             retry_after_s=retry_after_s,
         ) from last_error
 
+    def _not_allowed(self, tier: Tier, failures: list[Failure]) -> None:
+        failures.append(Failure(tier=tier, node=tier, reason=TIER_NOT_ALLOWED, skipped=True))
+        self.metrics.node_skips.labels(tier, "", TIER_NOT_ALLOWED).inc()
+
     def _skipped(
         self, plan: AttemptPlan, tier: Tier, tried: frozenset[str], failures: list[Failure]
     ) -> None:
         """Name the nodes of ``tier`` that no attempt could be made on, and why."""
-        for skip in self.pool.skips(tier, model=plan.pinned_model, exclude=tried, needs=plan.needs):
+        model = plan.model_for(tier)
+        for skip in self.pool.skips(tier, model=model, exclude=tried, needs=plan.needs):
             failures.append(
                 Failure(tier=tier, node=skip.node or tier, reason=skip.reason, skipped=True)
             )

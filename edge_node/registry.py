@@ -1,0 +1,433 @@
+"""Several GGUF variants of a model on one node, loaded on demand within a memory bound.
+
+Every served model is a *variant* with its own :class:`~edge_node.engine.Engine`: its own
+worker thread, llama.cpp context (continuous batching as configured) and admission queue.
+``--model`` (named ``--served-model-name``, also reachable as ``edge``) is loaded at
+start-up, and ``/health`` turns 200 once it passed its self-check, as on a one-model node;
+every ``--variant NAME=PATH`` is loaded on the first request that names it, on its
+engine's thread (never on the event loop), while that request waits. Each load runs the
+self-check, so a variant that cannot generate on this host is never served.
+
+The bound (``--max-loaded-mb``, default half the memory available at start-up) counts each
+loaded variant's weights and KV cache (:class:`~edge_node.memory.ModelMemory`, the
+``edge_model_memory_bytes`` gauge). A variant not loaded yet is counted as its file size
+plus the KV cache of a variant loaded before: variants of one model share its
+architecture, and llama.cpp's KV cache is f16 whatever the weights' type. Before a load
+that would go over the bound, the least recently used variants that no request is using
+(none generating, queued, or being tokenized) are unloaded, oldest first. When that cannot
+make room, because the other loaded variants are in use, the request is answered at once
+with 503 ``overloaded`` and ``Retry-After``, not queued: a variant in use may stay busy for
+as long as its traffic lasts, and the gateway fails over on a 503. A variant larger than the
+bound on its own is 503 ``unavailable``.
+
+Loads and unloads happen one at a time (an asyncio lock held until the load has settled),
+so every decision sees the other variants loaded or gone. A load that fails is reported to
+the requests waiting for it (503 ``unavailable``) and tried again at the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from .engine import Engine, EngineState, FailureHandler
+from .errors import Overloaded, Unavailable
+from .memory import default_max_loaded_bytes
+from .metrics import EdgeMetrics
+from .model import ModelLoader, load_model
+from .responses import EdgeModelCard
+from .settings import TIER_MODEL_NAME, Settings
+
+__all__ = ["ModelRegistry", "VariantMetrics"]
+
+log = logging.getLogger(__name__)
+
+_MIB = 2**20
+_GONE = (EngineState.FAILED, EngineState.CLOSED)
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class _Variant:
+    """One served model and its engine while loaded (or loading)."""
+
+    name: str
+    settings: Settings
+    file_bytes: int
+    engine: Engine | None = None
+    users: int = 0
+    """Requests holding the variant (waiting for its load, tokenizing, queued, generating)."""
+    last_used: float = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self.engine is not None and self.engine.state is EngineState.READY
+
+
+class VariantMetrics:
+    """Loads, unloads and the bound, on the node's registry (no global state)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.loads = Counter(
+            "edge_variant_loads",
+            "Loads of a variant started (the --model one at start-up, the others on demand).",
+            ["model"],
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "edge_variant_evictions",
+            "Variants unloaded to make room for another (least recently used first).",
+            ["model"],
+            registry=registry,
+        )
+        self.loaded = Gauge(
+            "edge_variant_loaded",
+            "1 for each variant loaded now, 0 for the others (read at scrape time).",
+            ["model"],
+            registry=registry,
+        )
+        self.loaded_bytes = Gauge(
+            "edge_variants_loaded_bytes",
+            "Weights and KV caches of the loaded variants, counted against the bound.",
+            registry=registry,
+        )
+        self.max_loaded_bytes = Gauge(
+            "edge_variants_max_loaded_bytes",
+            "The bound on edge_variants_loaded_bytes (--max-loaded-mb); 0 = none.",
+            registry=registry,
+        )
+
+
+class ModelRegistry:
+    """The node's variants: which is loaded, loading on demand, unloading the least
+    recently used idle ones to stay within the memory bound."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: EdgeMetrics,
+        loader: ModelLoader = load_model,
+        *,
+        on_failure: FailureHandler | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._counters = VariantMetrics(metrics.registry)
+        self._loader = loader
+        self._clock = clock
+        self.default = settings.served_model_name
+        self.created = int(time.time())
+        self.max_loaded_bytes = (
+            settings.max_loaded_bytes
+            if settings.max_loaded_bytes is not None
+            else default_max_loaded_bytes()
+        )
+        self._variants: dict[str, _Variant] = {}
+        paths = ((settings.served_model_name, settings.model_path), *settings.variants)
+        for name, path in paths:
+            own = dataclasses.replace(
+                settings, model_path=path, served_model_name=name, variants=()
+            )
+            self._variants[name] = _Variant(name=name, settings=own, file_bytes=_size(path))
+        # The --model variant: its failure to load is the node's (the server exits on it).
+        self._startup = Engine(
+            self._variants[self.default].settings, metrics, loader, on_failure=on_failure
+        )
+        self._variants[self.default].engine = self._startup
+        self._kv_cache_bytes = 0  # of a variant seen loaded: the estimate for the others
+        self._lock = asyncio.Lock()
+        self._unloading: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        """The node's state: the start-up load's until it is ready, then ready until
+        shutdown (unloading the ``--model`` variant later does not change it)."""
+        if self._closed:
+            return EngineState.CLOSED
+        startup = self._startup.state
+        return (
+            startup if startup in (EngineState.LOADING, EngineState.FAILED) else (EngineState.READY)
+        )
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the start-up load or self-check failed, if it did."""
+        return self._startup.load_error
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._variants)
+
+    def require_started(self) -> None:
+        """503 while the start-up load runs, after it failed, or while shutting down."""
+        if self.state is EngineState.READY:
+            return
+        if self._closed:
+            retry = self._settings.retry_after_s
+            raise Unavailable("The edge node is shutting down.", retry_after_s=retry)
+        self._startup.require_ready()
+
+    def loaded_bytes(self) -> int:
+        return sum(self._bytes_of(variant) for variant in self._variants.values())
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start loading the ``--model`` variant in its worker thread; returns at once."""
+        self._counters.loads.labels(model=self.default).inc()
+        for name in self._variants:
+            self._counters.loaded.labels(model=name).set(0)
+        self._startup.start()
+
+    async def aclose(self) -> None:
+        """Refuse new work, then close every engine (their requests end as on a one-model node)."""
+        self._closed = True
+        engines = [v.engine for v in self._variants.values() if v.engine is not None]
+        await asyncio.gather(*(engine.aclose() for engine in engines))
+        if self._unloading:
+            await asyncio.wait(set(self._unloading))
+
+    # -- serving ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def use(self, model: str) -> AsyncIterator[Engine]:
+        """The ready engine of the variant ``model`` names (``edge``: the ``--model`` one),
+        loaded first if need be, and kept loaded until the block ends.
+
+        ``model`` must be one this node accepts (:func:`edge_node.schema.check_model`).
+        """
+        variant = self._variants[self.default if model == TIER_MODEL_NAME else model]
+        variant.users += 1
+        variant.last_used = self._clock()
+        try:
+            yield await self._ready(variant)
+        finally:
+            variant.users -= 1
+            variant.last_used = self._clock()
+
+    async def _ready(self, variant: _Variant) -> Engine:
+        self.require_started()
+        engine = variant.engine
+        if engine is None or engine.state in _GONE:
+            engine = await self._load(variant)
+        if not engine.settled.is_set():
+            await engine.settled.wait()
+        engine.require_ready()
+        return engine
+
+    async def _load(self, variant: _Variant) -> Engine:
+        async with self._lock:
+            engine = variant.engine
+            if engine is not None and engine.state not in _GONE:
+                return engine  # loaded by another request while this one waited
+            self.require_started()
+            self._remember_kv_cache()
+            await self._settle_unloads()
+            needed = self._estimate(variant)
+            for victim in self._victims(variant, needed):
+                self._unload(victim)
+            await self._settle_unloads()
+            log.info(
+                "loading variant %s (%s, about %d MiB with its KV cache; %d of %s MiB loaded)",
+                variant.name,
+                variant.settings.model_path,
+                needed // _MIB,
+                self.loaded_bytes() // _MIB,
+                "unbounded" if self.max_loaded_bytes is None else self.max_loaded_bytes // _MIB,
+            )
+            engine = variant.engine = Engine(variant.settings, self._metrics, self._loader)
+            self._counters.loads.labels(model=variant.name).inc()
+            engine.start()
+            # Held until settled, so the next decision sees this variant's real size.
+            await engine.settled.wait()
+            return engine
+
+    def _estimate(self, variant: _Variant) -> int:
+        return variant.file_bytes + self._kv_cache_bytes
+
+    def _remember_kv_cache(self) -> None:
+        """Keep a loaded variant's KV cache size: the estimate for the variants not loaded."""
+        for variant in self._variants.values():
+            engine = variant.engine
+            if variant.loaded and engine is not None and engine.memory is not None:
+                self._kv_cache_bytes = engine.memory.kv_cache_bytes
+                return
+
+    def _bytes_of(self, variant: _Variant) -> int:
+        """What the variant holds now (its estimate while it loads; 0 when not loaded)."""
+        engine = variant.engine
+        if engine is None or engine.state in _GONE:
+            return 0
+        if engine.memory is None:
+            return self._estimate(variant)
+        return engine.memory.total_bytes
+
+    def _victims(self, variant: _Variant, needed: int) -> list[_Variant]:
+        """The least recently used idle variants whose unloading makes room for ``needed``
+        bytes, or an error when there is no such set (nothing is unloaded then)."""
+        bound, retry = self.max_loaded_bytes, self._settings.retry_after_s
+        if bound is None:
+            return []
+        if needed > bound:
+            raise Unavailable(
+                f"The variant {variant.name!r} needs about {needed // _MIB} MiB (weights and "
+                f"KV cache), more than this node keeps loaded ({bound // _MIB} MiB, "
+                "--max-loaded-mb).",
+                retry_after_s=retry,
+            )
+        others = [v for v in self._variants.values() if v is not variant and self._bytes_of(v)]
+        total = sum(self._bytes_of(v) for v in others)
+        idle = sorted(
+            (v for v in others if v.users == 0 and v.engine is not None and not v.engine.admitted),
+            key=lambda v: v.last_used,
+        )
+        victims: list[_Variant] = []
+        for candidate in idle:
+            if total + needed <= bound:
+                break
+            victims.append(candidate)
+            total -= self._bytes_of(candidate)
+        if total + needed > bound:
+            busy = ", ".join(repr(v.name) for v in others if v not in victims)
+            raise Overloaded(
+                f"Loading the variant {variant.name!r} needs about {needed // _MIB} MiB; "
+                f"this node keeps {bound // _MIB} MiB loaded and the variants holding the "
+                f"rest ({busy}) are in use. Retry later or use another node.",
+                retry_after_s=retry,
+            )
+        return victims
+
+    def _unload(self, variant: _Variant) -> None:
+        """Take the variant out now; its engine closes in a task (awaited by the next load)."""
+        engine = variant.engine
+        assert engine is not None
+        variant.engine = None
+        self._counters.evictions.labels(model=variant.name).inc()
+        log.info("unloading variant %s (least recently used, idle) to make room", variant.name)
+        task = asyncio.create_task(self._close(variant.name, engine))
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
+
+    async def _close(self, name: str, engine: Engine) -> None:
+        await engine.aclose()
+        for part in ("weights", "kv_cache"):
+            with contextlib.suppress(KeyError):
+                self._metrics.model_memory.remove(name, part)
+
+    async def _settle_unloads(self) -> None:
+        # asyncio.wait: a cancelled waiter leaves the closes running (the next load waits).
+        if self._unloading:
+            await asyncio.wait(set(self._unloading))
+
+    # -- reports ------------------------------------------------------------------------
+
+    def cards(self) -> list[EdgeModelCard]:
+        """``/v1/models``: every variant, loaded or not, with its sizes."""
+        cards: list[EdgeModelCard] = []
+        for variant in self._variants.values():
+            card: EdgeModelCard = {
+                "id": variant.name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "edge-node",
+                "loaded": variant.loaded,
+                "file_bytes": variant.file_bytes,
+            }
+            engine = variant.engine
+            if variant.loaded and engine is not None and engine.n_ctx is not None:
+                card["max_model_len"] = engine.n_ctx
+                if engine.memory is not None:
+                    card["memory_bytes"] = engine.memory.total_bytes
+            cards.append(card)
+        return cards
+
+    def status(self) -> dict[str, object]:
+        """``/health``'s load figures: an engine's own report with ``running``, ``queued``
+        and ``kv_cells`` summed over the loaded variants (``capacity`` is each variant's),
+        then per variant with the bound."""
+        settings = self._settings
+        engines = self._engines()
+        running = sum(engine.running for engine in engines)
+        queued = sum(max(0, engine.admitted - engine.running) for engine in engines)
+        status = (engines[0] if engines else self._startup).status()
+        status.update(running=running, queued=queued, capacity=settings.capacity)
+        status.pop("kv_cells", None)
+        cells = [c for engine in engines if (c := engine.kv_cells()) is not None]
+        if cells:
+            status["kv_cells"] = {
+                key: sum(c[index] for c in cells)
+                for index, key in enumerate(("running", "cached", "total"))
+            }
+        models: dict[str, object] = {}
+        for variant in self._variants.values():
+            engine = variant.engine
+            entry: dict[str, object] = {
+                "state": "unloaded" if engine is None else engine.state.value,
+                "file_bytes": variant.file_bytes,
+            }
+            if variant.loaded and engine is not None:
+                entry["running"] = engine.running
+                entry["queued"] = max(0, engine.admitted - engine.running)
+                if engine.memory is not None:
+                    entry["memory_bytes"] = engine.memory.total_bytes
+            models[variant.name] = entry
+        status["variants"] = {
+            "max_loaded_bytes": self.max_loaded_bytes,
+            "loaded_bytes": self.loaded_bytes(),
+            "models": models,
+        }
+        return status
+
+    def model_memory(self) -> dict[str, dict[str, int]]:
+        """Weights and KV cache of each loaded variant (``/health``'s ``memory.models``)."""
+        memory: dict[str, dict[str, int]] = {}
+        for variant in self._variants.values():
+            engine = variant.engine
+            if variant.loaded and engine is not None and engine.memory is not None:
+                memory[variant.name] = {
+                    "weights_bytes": engine.memory.weights_bytes,
+                    "kv_cache_bytes": engine.memory.kv_cache_bytes,
+                    "kv_bytes_per_cell": engine.memory.kv_bytes_per_cell,
+                }
+        return memory
+
+    def refresh_metrics(self) -> None:
+        """Set the variant gauges; with several variants, also the node-wide gauges that
+        each engine sets to its own figure (KV cells, prompt cache, model loaded) to the
+        sum over the loaded variants. Called before each scrape."""
+        counters = self._counters
+        for variant in self._variants.values():
+            counters.loaded.labels(model=variant.name).set(1 if variant.loaded else 0)
+        counters.loaded_bytes.set(self.loaded_bytes())
+        counters.max_loaded_bytes.set(self.max_loaded_bytes or 0)
+        if len(self._variants) == 1:
+            return  # the one engine's own figures are the node's
+        metrics, engines = self._metrics, self._engines()
+        metrics.model_loaded.set(1 if self.state is EngineState.READY else 0)
+        cells = [c for engine in engines if (c := engine.kv_cells()) is not None]
+        metrics.set_kv_cells(sum(c[0] for c in cells), sum(c[1] for c in cells))
+        metrics.kv_cells_total.set(sum(c[2] for c in cells))
+        caches = [cache for engine in engines if (cache := engine.prompt_cache) is not None]
+        metrics.cache_bytes.set(sum(cache.size_bytes for cache in caches))
+        metrics.cache_entries.set(sum(len(cache) for cache in caches))
+
+    def _engines(self) -> list[Engine]:
+        return [v.engine for v in self._variants.values() if v.loaded and v.engine is not None]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # a missing file fails at its load, with llama.cpp's message
