@@ -273,6 +273,11 @@ class BatchRunner:
                 break
         if not planned and active:
             self._fail(active, "the KV cache cannot hold this sequence (raise --kv-cells)")
+        # With one KV stream per sequence llama.cpp splits a batch into micro-batches whose
+        # sequence ids run consecutively (llama_batch_allocr::split_equal), and each
+        # micro-batch is a whole pass over the weights: batch order 3, 0, 2, 1 costs four
+        # passes, 0, 1, 2, 3 one.
+        planned.sort(key=lambda s: s.slot.seq_id)
         return planned
 
     def _draft(self, decoding: list[Sequence], room: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -40,7 +41,13 @@ def main(argv: Sequence[str]) -> int:
         return 2
     # Imported on demand: `classify` should not pay for aiohttp, nor `serve` for the CLI tools.
     run: Callable[[Sequence[str]], int] = importlib.import_module(module).main
-    return run(rest)
+    try:
+        return run(rest)
+    except BrokenPipeError:
+        # The reader left (`... | head`): not an error of ours. Python's own advice: point
+        # stdout at /dev/null, so the flush at exit does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

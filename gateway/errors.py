@@ -236,12 +236,24 @@ class BudgetExceeded(GatewayError):
     code = "budget_exceeded"
     type = "insufficient_quota"
 
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: int,
+        limit_headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.limit_headers = dict(limit_headers or {})
+        """The key's ``x-ratelimit-*`` headers, as on its other answers."""
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s), "x-should-retry": "false"}
+        return {
+            **self.limit_headers,
+            "Retry-After": str(self.retry_after_s),
+            "x-should-retry": "false",
+        }
 
 
 class LimitsUnavailable(GatewayError):

@@ -1,7 +1,9 @@
 """Per-key requests and tokens per minute and budgets, enforced across every replica.
 
 One request of a key with limits costs one Redis round trip: ``admit.lua`` (next to this
-module; loaded once, run by EVALSHA, loaded again on NOSCRIPT) checks, in one atomic step:
+module; loaded once, run by EVALSHA, loaded again on NOSCRIPT; on one server through
+:class:`~gateway.accounts.redis_pipe.RedisPipe`, a fraction of redis-py's CPU per call, on
+a Redis Cluster through redis-py's cluster client) checks, in one atomic step:
 
 - **requests per minute** over a sliding window (this minute's count and the previous
   minute's, weighted by the share of it still inside the last 60 s; Redis's own clock);
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -37,6 +39,7 @@ from gateway.accounts.layout import BUDGET_GRACE_S, Calendar, budget_key, rate_p
 from gateway.accounts.metrics import AccountMetrics
 from gateway.accounts.model import ApiKey
 from gateway.accounts.pricing import NUSD_PER_USD, usd_to_nusd
+from gateway.accounts.redis_pipe import Arg, RedisPipe, script_sha
 from gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from gateway.policy.pricing import StoreErrorMode
 from gateway.redis_client import Client
@@ -83,11 +86,16 @@ class Limiter:
         client: Client,
         *,
         metrics: AccountMetrics,
+        pipe: RedisPipe | None = None,
         calendar: Calendar | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._script: AsyncScript = client.register_script(lua_script("admit.lua"))
+        text = lua_script("admit.lua")
+        self._pipe = pipe
+        """Admissions go through it when given (one server; ``client`` is then unused)."""
+        self._text, self._sha = text, script_sha(text)
+        self._script: AsyncScript = client.register_script(text)
         self._metrics = metrics
         self._calendar = calendar or Calendar(clock)
         self._clock = clock
@@ -112,18 +120,20 @@ class Limiter:
         if self._monotonic() < self._down_until:
             return self._unchecked(key, hash_key, expires_at, on_store_error)
         limit_nusd = usd_to_nusd(budget.limit_usd) if budget is not None else -1
+        keys = [rate_prefix(key.id), hash_key or rate_prefix(key.id)]
+        args: list[Arg] = [
+            key.rpm if key.rpm is not None else -1,
+            key.tpm if key.tpm is not None else -1,
+            max(0, estimate_tokens),
+            limit_nusd,
+            max(0, estimate_nusd) if budget is not None else 0,
+            expires_at,
+        ]
         try:
-            reply = await self._script(
-                keys=[rate_prefix(key.id), hash_key or rate_prefix(key.id)],
-                args=[
-                    key.rpm if key.rpm is not None else -1,
-                    key.tpm if key.tpm is not None else -1,
-                    max(0, estimate_tokens),
-                    limit_nusd,
-                    max(0, estimate_nusd) if budget is not None else 0,
-                    expires_at,
-                ],
-            )
+            if self._pipe is not None:
+                reply = cast(list[int], await self._pipe.evalsha(self._sha, self._text, keys, args))
+            else:
+                reply = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return self._unchecked(key, hash_key, expires_at, on_store_error)
@@ -157,6 +167,7 @@ class Limiter:
                 f"{reserved / NUSD_PER_USD:.4f} USD reserved by requests under way). It "
                 f"resets at {_utc(span.ends_at)}.",
                 retry_after_s=max(1, math.ceil(span.ends_at - self._clock())),
+                limit_headers=headers,
             )
         limit: Literal["requests", "tokens"] = "requests" if status == _REQUESTS else "tokens"
         self._metrics.rejections.labels(key.name, limit).inc()

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 
 import pytest
 
 from gateway.accounts.model import key_hash
+from gateway.accounts.store import KeyStore
+from gateway.redis_client import close_client, redis_client
 from tests.fixtures.redis import RedisServer, free_port
-from tests.helpers import run_cli
+from tests.helpers import REPO_ROOT, run_cli
 
 
 def keys(redis: RedisServer, *args: str) -> tuple[int, str, str]:
@@ -172,3 +177,30 @@ def test_without_redis_url_exits_2() -> None:
 def test_keys_is_listed_in_the_usage() -> None:
     done = run_cli("--help")
     assert done.returncode == 0 and "keys" in done.stdout
+
+
+async def test_a_reader_that_leaves_early_is_not_an_error(redis_server: RedisServer) -> None:
+    """``keys list | head -1``: the output pipe closes under the command. It ends quietly
+    (exit 0, no traceback), as a Unix filter does."""
+    client = redis_client(redis_server.url, max_connections=4, timeout_s=5)
+    try:
+        store = KeyStore(client)
+        await asyncio.gather(*(store.create(name=f"k{i}") for i in range(1500)))
+    finally:
+        await close_client(client)
+    command = [sys.executable, "-m", "gateway", "keys", "list", "--json"]  # > 64 KiB of JSON
+    env = {**os.environ, "REDIS_URL": redis_server.url, "REDIS_CLUSTER": ""}
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first = await asyncio.wait_for(process.stdout.read(100), timeout=60)
+    process._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]  # leave
+    stderr = await asyncio.wait_for(process.stderr.read(), timeout=60)
+    assert await asyncio.wait_for(process.wait(), timeout=60) == 0, stderr.decode()
+    assert first.strip()  # it was writing
+    assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr

@@ -19,6 +19,7 @@ from gateway.accounts.ledger import Charge, Ledger
 from gateway.accounts.limiter import BUDGET_WARNING_HEADER, Admission, Limiter, duration
 from gateway.accounts.metrics import AccountMetrics
 from gateway.accounts.model import ApiKey, Budget
+from gateway.accounts.redis_pipe import RedisPipe
 from gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from gateway.redis_client import close_client, redis_client
 from tests.helpers import eventually_value
@@ -44,9 +45,16 @@ def metrics() -> AccountMetrics:
     return AccountMetrics(CollectorRegistry())
 
 
-@pytest.fixture
-def limiter(client, metrics) -> Limiter:
-    return Limiter(client, metrics=metrics)
+@pytest.fixture(params=["pipe", "redis-py"])
+async def limiter(request, redis_server, client, metrics) -> AsyncIterator[Limiter]:
+    """The limiter as the gateway runs it on one server (a RedisPipe) and on a cluster
+    (redis-py's client)."""
+    if request.param == "redis-py":
+        yield Limiter(client, metrics=metrics)
+        return
+    pipe = RedisPipe.from_url(redis_server.url, timeout_s=0.5)
+    yield Limiter(client, metrics=metrics, pipe=pipe)
+    await pipe.aclose()
 
 
 async def admit(
@@ -334,3 +342,15 @@ def _charge(**fields: int) -> Charge:
     values = {"prompt_tokens": 0, "completion_tokens": 0, "cost_nusd": 0, "cloud_nusd": 0}
     values.update(fields)
     return Charge(tier="cloud", model="cloud-model", requests=1, **values)
+
+
+async def test_a_budget_refusal_carries_the_rate_limit_headers(limiter) -> None:
+    """Every 429 a key gets says where its per-minute limits stand, as its answers do."""
+    key = api_key(rpm=100, tpm=5000, budget=Budget(period="day", limit_usd=0.0))
+    with pytest.raises(BudgetExceeded) as caught:
+        await admit(limiter, key, nusd=1)
+    headers = caught.value.headers()
+    assert headers["x-ratelimit-limit-requests"] == "100"
+    assert headers["x-ratelimit-remaining-requests"] == "100"  # a refusal is not counted
+    assert headers["x-ratelimit-limit-tokens"] == "5000"
+    assert headers["x-should-retry"] == "false" and int(headers["Retry-After"]) >= 1
