@@ -48,6 +48,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import sse_events
 from bench._serving_report import level_summary, plot, print_table
 from tests.fixtures.edge import start_edge_node, stop_edge_node
 
@@ -108,11 +109,7 @@ async def one_request(
         if response.status != 200:
             text = (await response.text())[:200]
             return RequestResult(False, response.status, None, 0.0, 0, None, [], text)
-        async for raw in response.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            event = json.loads(line[6:])
+        async for event in sse_events(response):
             if event.get("usage"):
                 completion = int(event["usage"]["completion_tokens"])
             choices = event.get("choices") or []

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import sse_events
 from edge_node.settings import default_model_path
 from tests.fixtures.edge import EDGE_MODEL_NAME, start_edge_node, stop_edge_node
 
@@ -115,11 +115,7 @@ async def one(
     tokens = 0
     async with http.post(f"{node.url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
-        async for raw in response.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            event = json.loads(line[6:])
+        async for event in sse_events(response):
             if event.get("usage"):
                 tokens = int(event["usage"]["completion_tokens"])
             choices = event.get("choices") or []

@@ -20,28 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import CHAT_PROMPTS, shared_prefix
 from edge_node.model import ChatModel, load_model
 from edge_node.schema import PromptMessage
 from edge_node.settings import Settings, default_model_path
 
-PROMPTS = (
-    "What is the capital of France?",
-    "Write a haiku about autumn.",
-    "Explain what a CPU cache is in two sentences.",
-    "List three uses of baking soda.",
-    "Translate 'good morning' into Spanish.",
-    "What is 17 times 3?",
-    "Give me a name for a pet turtle.",
-    "Summarize the plot of Cinderella.",
-    "Why is the sky blue?",
-    "Write a Python function that reverses a string.",
-    "What should I pack for a beach trip?",
-    "Describe the taste of a lemon.",
-    "How do plants make food?",
-    "Suggest a title for a mystery novel.",
-    "What is the boiling point of water in Fahrenheit?",
-    "Tell me a fun fact about octopuses.",
-)
+PROMPTS = CHAT_PROMPTS[:16]
 
 
 def greedy(model: ChatModel, prompt: str, tokens: int) -> list[int]:
@@ -61,15 +45,6 @@ def answers(path: Path, args: argparse.Namespace) -> list[list[int]]:
         return [greedy(model, prompt, args.tokens) for prompt in PROMPTS]
     finally:
         model.close()
-
-
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> int:

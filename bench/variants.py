@@ -44,32 +44,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import CHAT_PROMPTS, shared_prefix
 from edge_node.memory import resident_memory
 from edge_node.settings import default_model_path
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS = (
-    "What is the capital of France?",
-    "Write a haiku about autumn.",
-    "Explain what a CPU cache is in two sentences.",
-    "List three uses of baking soda.",
-    "Translate 'good morning' into Spanish.",
-    "What is 17 times 3?",
-    "Give me a name for a pet turtle.",
-    "Summarize the plot of Cinderella.",
-    "Why is the sky blue?",
-    "Write a Python function that reverses a string.",
-    "What should I pack for a beach trip?",
-    "Describe the taste of a lemon.",
-    "How do plants make food?",
-    "Suggest a title for a mystery novel.",
-    "What is the boiling point of water in Fahrenheit?",
-    "Tell me a fun fact about octopuses.",
-    "How many days are in a leap year?",
-    "Name two primary colors.",
-    "What does a bee make?",
-    "Give one tip for sleeping better.",
-)
 SPEED_TEXT = " ".join(
     f"Fact {i}: the lighthouse has {i} steps painted color {i % 7}." for i in range(200)
 )
@@ -110,7 +89,7 @@ def worker(args: argparse.Namespace) -> int:
 
     speed()  # warm-up: first touch of the weights
     samples = [speed() for _ in range(args.rounds)]
-    prompts = [model.prompt_tokens((PromptMessage(role="user", content=p),)) for p in PROMPTS]
+    prompts = [model.prompt_tokens((PromptMessage(role="user", content=p),)) for p in CHAT_PROMPTS]
     answers: list[list[int]] = []
     for prompt in prompts:
         llm.reset()
@@ -191,15 +170,6 @@ def measure(
     )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def report(rows: list[tuple[str, dict[str, Any]]], reference: list[list[int]]) -> None:

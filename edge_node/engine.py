@@ -41,7 +41,7 @@ from .generation import Finished, GenerationParams, Started
 from .jobs import Event, Failed, Job, JobState
 from .memory import ModelMemory, model_memory
 from .metrics import CompletionStats, EdgeMetrics
-from .model import ChatModel, ModelLoader, load_model
+from .model import ChatModel, ModelLoader
 from .prompt_cache import PromptCache
 from .schema import ChatRequest
 from .self_check import SELF_CHECK_TOKENS, SelfCheckFailed, run_self_check
@@ -90,7 +90,7 @@ class Engine:
         self,
         settings: Settings,
         metrics: EdgeMetrics,
-        loader: ModelLoader = load_model,
+        loader: ModelLoader,  # the registry's, which every engine of a node shares
         *,
         on_failure: FailureHandler | None = None,
     ) -> None:

@@ -1,4 +1,4 @@
-"""The rules for a key's fields, checked once for every way in (store, admin API, CLI).
+"""The rules for a key's fields, the same for every way in (store, admin API, CLI).
 
 Each check takes what a caller sent (JSON values, CLI arguments, Python values alike)
 and returns the typed value, or raises :class:`~gateway.errors.InvalidRequest` naming

@@ -251,7 +251,14 @@ class Ledger:
             await self._wake.wait()
             await asyncio.sleep(delay)  # a batch gathers what settles meanwhile
             self._wake.clear()
-            if await self.flush():
+            try:
+                written = await self.flush()
+            except Exception:
+                # The flusher's outermost boundary: a bug must not end it (the queue would
+                # grow unwritten until shutdown). Logged; the batch stays in doubt.
+                log.exception("usage ledger: writing a batch failed")
+                written = False
+            if written:
                 failures, delay = 0, self._interval_s
                 if self._pending:
                     self._wake.set()

@@ -26,17 +26,9 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from gateway.accounts import codec
+from gateway.accounts import codec, fields
 from gateway.accounts.directory import KeyDirectory
 from gateway.accounts.errors import KeyStoreDisabled
-from gateway.accounts.fields import (
-    check_budget,
-    check_key_id,
-    check_metadata,
-    check_name,
-    check_per_minute,
-    check_tiers,
-)
 from gateway.accounts.model import ApiKey
 from gateway.accounts.store import KEEP, KeyStore
 from gateway.errors import InvalidJSON, InvalidRequest
@@ -61,7 +53,7 @@ def _keys(request: web.Request) -> tuple[KeyStore, KeyDirectory]:
 
 
 def _key_id(request: web.Request) -> str:
-    return check_key_id(request.match_info["key_id"])
+    return fields.check_key_id(request.match_info["key_id"])
 
 
 async def _fields(request: web.Request) -> Mapping[str, object]:
@@ -92,12 +84,12 @@ async def create_key(request: web.Request) -> web.Response:
     if "name" not in body:
         raise InvalidRequest("name is required.", param="name")
     key, plain = await store.create(
-        name=check_name(body["name"]),
-        metadata=check_metadata(body.get("metadata")),
-        rpm=check_per_minute(body.get("rpm"), param="rpm"),
-        tpm=check_per_minute(body.get("tpm"), param="tpm"),
-        budget=check_budget(body.get("budget")),
-        tiers=None if body.get("tiers") is None else check_tiers(body["tiers"]),
+        name=fields.check_name(body["name"]),
+        metadata=fields.check_metadata(body.get("metadata")),
+        rpm=fields.check_per_minute(body.get("rpm"), param="rpm"),
+        tpm=fields.check_per_minute(body.get("tpm"), param="tpm"),
+        budget=fields.check_budget(body.get("budget")),
+        tiers=None if body.get("tiers") is None else fields.check_tiers(body["tiers"]),
     )
     return web.json_response(codec.created_view(key, plain), status=201)
 
@@ -126,12 +118,12 @@ async def update_key(request: web.Request) -> web.Response:
         raise InvalidRequest("tiers cannot be null: list the tiers the key may use.", param="tiers")
     key = await store.update(
         key_id,
-        name=check_name(body["name"]) if "name" in body else KEEP,
-        metadata=check_metadata(body["metadata"]) if "metadata" in body else KEEP,
-        rpm=check_per_minute(body["rpm"], param="rpm") if "rpm" in body else KEEP,
-        tpm=check_per_minute(body["tpm"], param="tpm") if "tpm" in body else KEEP,
-        budget=check_budget(body["budget"]) if "budget" in body else KEEP,
-        tiers=check_tiers(body["tiers"]) if "tiers" in body else KEEP,
+        name=fields.check_name(body["name"]) if "name" in body else KEEP,
+        metadata=fields.check_metadata(body["metadata"]) if "metadata" in body else KEEP,
+        rpm=fields.check_per_minute(body["rpm"], param="rpm") if "rpm" in body else KEEP,
+        tpm=fields.check_per_minute(body["tpm"], param="tpm") if "tpm" in body else KEEP,
+        budget=fields.check_budget(body["budget"]) if "budget" in body else KEEP,
+        tiers=fields.check_tiers(body["tiers"]) if "tiers" in body else KEEP,
     )
     directory.forget(key.hash)  # this replica at once; the others within ttl_s
     return _record(key)

@@ -26,18 +26,6 @@ TODAY = time.strftime("%Y-%m-%d", time.gmtime())
 
 
 @pytest.fixture
-async def client(redis_server) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(redis_server.url, max_connections=8, timeout_s=0.5)
-    yield client  # type: ignore[misc]
-    await close_client(client)
-
-
-@pytest.fixture
-def metrics() -> AccountMetrics:
-    return AccountMetrics(CollectorRegistry())
-
-
-@pytest.fixture
 async def ledger(client, metrics) -> AsyncIterator[Ledger]:
     ledger = Ledger(client, metrics=metrics, max_backoff_s=0.2)
     yield ledger

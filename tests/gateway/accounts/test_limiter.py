@@ -12,16 +12,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
 
 from gateway.accounts.layout import Calendar, budget_key, rate_prefix
 from gateway.accounts.ledger import Charge, Ledger
 from gateway.accounts.limiter import BUDGET_WARNING_HEADER, Admission, Limiter, duration
-from gateway.accounts.metrics import AccountMetrics
 from gateway.accounts.model import ApiKey, Budget
 from gateway.accounts.redis_pipe import RedisPipe
 from gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
-from gateway.redis_client import close_client, redis_client
 from tests.helpers import eventually_value
 
 pytestmark = pytest.mark.redis
@@ -31,18 +28,6 @@ USD = 1_000_000_000
 
 def api_key(key_id: str = "key_t1", **limits: object) -> ApiKey:
     return ApiKey(id=key_id, name=f"name-{key_id}", hash="0" * 64, created_at=0.0, **limits)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def client(redis_server) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(redis_server.url, max_connections=8, timeout_s=0.5)
-    yield client  # type: ignore[misc]
-    await close_client(client)
-
-
-@pytest.fixture
-def metrics() -> AccountMetrics:
-    return AccountMetrics(CollectorRegistry())
 
 
 @pytest.fixture(params=["pipe", "redis-py"])

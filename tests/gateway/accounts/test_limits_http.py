@@ -20,9 +20,9 @@ from gateway.accounts.model import ApiKey, Budget
 from gateway.accounts.store import KeyStore
 from gateway.redis_client import close_client, redis_client
 from gateway.state import ACCOUNTING
-from tests.conftest import TwoTiers, TwoTiersFactory
+from tests.conftest import GatewayFactory, RunningGateway, TwoTiers, TwoTiersFactory
 from tests.fixtures.redis import RedisServer
-from tests.helpers import HI, eventually_value, scrape_metrics, sdk
+from tests.helpers import HI, eventually_value, policy_yaml, scrape_metrics, sdk
 from tests.scripted import Script, unused_port
 
 pytestmark = pytest.mark.redis
@@ -76,6 +76,27 @@ def keyed(
     async def start(*, pricing: object = PRICING, **policy: Any) -> TwoTiers:
         settings = {"redis_url": redis_server.url, "key_store": True}
         return await two_tiers(settings=settings, pricing=pricing, timeouts=TIMEOUTS, **policy)
+
+    return start
+
+
+@pytest.fixture
+def edge_only(
+    redis_server: RedisServer, make_gateway: GatewayFactory
+) -> Callable[[str], Awaitable[RunningGateway]]:
+    """A gateway with GATEWAY_KEY_STORE=redis and :data:`PRICING` whose edge node is at the
+    URL given and whose cloud node nothing answers."""
+
+    async def start(edge_url: str) -> RunningGateway:
+        policy = policy_yaml(
+            [(edge_url, "edge-model")],
+            [(f"http://127.0.0.1:{unused_port()}", "cloud-model")],
+            timeouts=TIMEOUTS,
+            pricing=PRICING,
+        )
+        return await make_gateway(
+            policy, health_checks=False, redis_url=redis_server.url, key_store=True
+        )
 
     return start
 
@@ -234,23 +255,11 @@ async def test_a_continued_answer_charges_each_tier_its_tokens(
 
 
 async def test_a_broken_answer_still_charges_what_it_spent(
-    redis_server, redis, upstreams, make_gateway, new_key
+    redis, upstreams, edge_only, new_key
 ) -> None:
-    from tests.helpers import policy_yaml
-
     edge = await upstreams("edge-model")
     edge.script = Script(behaviour="cut", cut_after=2)
-    gateway = await make_gateway(
-        policy_yaml(
-            [(edge.url, "edge-model")],
-            [(f"http://127.0.0.1:{unused_port()}", "cloud-model")],
-            timeouts=TIMEOUTS,
-            pricing=PRICING,
-        ),
-        health_checks=False,
-        redis_url=redis_server.url,
-        key_store=True,
-    )
+    gateway = await edge_only(edge.url)
     key, plain = await new_key()
     async with aiohttp.ClientSession() as http:
         response = await http.post(
@@ -442,21 +451,9 @@ async def test_tokens_per_minute_count_real_usage(keyed, new_key, redis) -> None
 
 
 async def test_a_request_no_node_answered_gives_its_reservation_back(
-    redis_server, redis, make_gateway, new_key
+    redis, edge_only, new_key
 ) -> None:
-    from tests.helpers import policy_yaml
-
-    gateway = await make_gateway(
-        policy_yaml(
-            [(f"http://127.0.0.1:{unused_port()}", "edge-model")],
-            [(f"http://127.0.0.1:{unused_port()}", "cloud-model")],
-            timeouts=TIMEOUTS,
-            pricing=PRICING,
-        ),
-        health_checks=False,
-        redis_url=redis_server.url,
-        key_store=True,
-    )
+    gateway = await edge_only(f"http://127.0.0.1:{unused_port()}")
     # One request's reservation (its max_tokens at the cloud's price) fills the budget.
     key, plain = await new_key(budget=Budget(period="day", limit_usd=0.001))
     async with sdk(gateway, api_key=plain) as client:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from gateway.redis_client import close_client, redis_client
 from tests.conftest import GatewayFactory, RunningGateway
 from tests.fixtures.redis import RedisServer
-from tests.gateway.accounts.usage_ledger import write_key, write_usage
+from tests.gateway.accounts.usage_ledger import write_key, write_sample_usage, write_usage
 from tests.helpers import policy_yaml
 
 pytestmark = pytest.mark.redis
@@ -48,12 +48,7 @@ def start(make_gateway: GatewayFactory, redis_server: RedisServer) -> Start:
 async def ledger(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = redis_client(redis_server.url, max_connections=2, timeout_s=2.0)
     await write_key(client, KA, "mobile-free")
-    await write_usage(client, KA, D1, "edge", "edge-model", requests=3, prompt_tokens=300,
-                      completion_tokens=150, cost_nusd=0, cloud_nusd=300_000)  # fmt: skip
-    await write_usage(client, KA, D2, "cloud", "big", requests=1, prompt_tokens=100,
-                      completion_tokens=50, cost_nusd=100_000, cloud_nusd=100_000)  # fmt: skip
-    await write_usage(client, KB, D2, "cloud", "big", requests=2, prompt_tokens=200,
-                      completion_tokens=100, cost_nusd=200_000, cloud_nusd=200_000)  # fmt: skip
+    await write_sample_usage(client, KA, KB, D1, D2, edge_model="edge-model")
     yield client
     await close_client(client)
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from gateway.redis_client import close_client, redis_client
 from tests.fixtures.redis import RedisServer
-from tests.gateway.accounts.usage_ledger import write_key, write_usage
+from tests.gateway.accounts.usage_ledger import write_key, write_sample_usage, write_usage
 from tests.helpers import run_cli
 from tests.scripted import unused_port
 
@@ -25,17 +25,11 @@ RANGE = ("--start", "2026-05-01", "--end", "2026-05-02")
 
 @pytest.fixture
 async def ledger(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """KA: 3 edge requests (free, worth 0.3 mUSD at cloud prices) and 1 cloud request
-    (0.1 mUSD); KB: 2 cloud requests (0.2 mUSD)."""
+    """The sample usage (KA on D1 and D2, KB on D2) and both keys' records."""
     client = redis_client(redis_server.url, max_connections=2, timeout_s=2.0)
     await write_key(client, KA, "mobile-free")
     await write_key(client, KB, "desktop")
-    await write_usage(client, KA, D1, "edge", "small", requests=3, prompt_tokens=300,
-                      completion_tokens=150, cost_nusd=0, cloud_nusd=300_000)  # fmt: skip
-    await write_usage(client, KA, D2, "cloud", "big", requests=1, prompt_tokens=100,
-                      completion_tokens=50, cost_nusd=100_000, cloud_nusd=100_000)  # fmt: skip
-    await write_usage(client, KB, D2, "cloud", "big", requests=2, prompt_tokens=200,
-                      completion_tokens=100, cost_nusd=200_000, cloud_nusd=200_000)  # fmt: skip
+    await write_sample_usage(client, KA, KB, D1, D2, edge_model="small")
     yield client
     await close_client(client)
 

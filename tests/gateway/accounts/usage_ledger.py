@@ -41,6 +41,20 @@ async def write_usage(
         await pipe.execute()
 
 
+async def write_sample_usage(
+    client: aioredis.Redis, key_a: str, key_b: str, first: date, second: date, edge_model: str
+) -> None:
+    """The usage the report tests read: ``key_a`` 3 edge requests on ``first`` (free, worth
+    0.3 mUSD at cloud prices) and 1 cloud request on ``second`` (0.1 mUSD); ``key_b`` 2 cloud
+    requests on ``second`` (0.2 mUSD)."""
+    await write_usage(client, key_a, first, "edge", edge_model, requests=3, prompt_tokens=300,
+                      completion_tokens=150, cost_nusd=0, cloud_nusd=300_000)  # fmt: skip
+    await write_usage(client, key_a, second, "cloud", "big", requests=1, prompt_tokens=100,
+                      completion_tokens=50, cost_nusd=100_000, cloud_nusd=100_000)  # fmt: skip
+    await write_usage(client, key_b, second, "cloud", "big", requests=2, prompt_tokens=200,
+                      completion_tokens=100, cost_nusd=200_000, cloud_nusd=200_000)  # fmt: skip
+
+
 async def write_key(client: aioredis.Redis, key_id: str, name: str) -> None:
     """A key record as the store keeps it (only what the report reads matters here)."""
     record = {"id": key_id, "name": name, "hash": "0" * 64, "created_at": 0.0}
