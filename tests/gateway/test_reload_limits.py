@@ -40,9 +40,13 @@ def _replace_with_text(text: str) -> Callable[[Path], None]:
 
 def _replace_with_50_mb(path: Path) -> None:
     staged = path.with_suffix(".staged")
+    # Written a megabyte at a time: building 50 MB as one string would hold the GIL for
+    # tens of milliseconds in this process, which runs the gateway under test too.
+    block = "  - 1\n" * ((1 << 20) // 6)
     with staged.open("w") as file:
         file.write("version: 1\nnodes:\n")
-        file.write("  - 1\n" * ((50 << 20) // 6))
+        for _ in range(50):
+            file.write(block)
     os.replace(staged, path)
 
 
@@ -83,27 +87,34 @@ HOSTILE = {
 
 @contextlib.asynccontextmanager
 async def healthz_probe(url: str) -> AsyncIterator[list[float]]:
-    """Polls /healthz back to back while the block runs; yields the latencies so far."""
+    """Polls /healthz back to back while the block runs; yields the latencies so far.
+
+    Its connection is opened (one request, not counted) before the block starts: the
+    figures are the gateway's answers, not a TCP handshake and a cold client session."""
     latencies_s: list[float] = []
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        async with aiohttp.ClientSession() as session:
-            while not stop.is_set():
-                started = loop.time()
-                async with session.get(url + "/healthz") as response:
-                    assert response.status == 200
-                    await response.read()
-                latencies_s.append(loop.time() - started)
-                await asyncio.sleep(0.002)
+    async def probe(session: aiohttp.ClientSession) -> float:
+        started = loop.time()
+        async with session.get(url + "/healthz") as response:
+            assert response.status == 200
+            await response.read()
+        return loop.time() - started
 
-    task = asyncio.create_task(run())
-    try:
-        yield latencies_s
-    finally:
-        stop.set()
-        await task
+    async def run(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            latencies_s.append(await probe(session))
+            await asyncio.sleep(0.002)
+
+    async with aiohttp.ClientSession() as session:
+        await probe(session)  # warm: the connection the loop below reuses
+        task = asyncio.create_task(run(session))
+        try:
+            yield latencies_s
+        finally:
+            stop.set()
+            await task
 
 
 async def _readyz_policy_error(gateway: RunningGateway) -> str | None:
