@@ -10,8 +10,8 @@ import sys
 from aiohttp import web
 
 from .app import create_app
+from .cli import parse_settings
 from .keys import MODELS
-from .settings import parse_settings
 
 
 def main(argv: list[str] | None = None) -> int:

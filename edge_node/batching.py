@@ -24,7 +24,8 @@ With ``--speculative prompt-lookup`` a decoding sequence's step also carries up 
 ``--draft-tokens`` tokens guessed from its own context (:mod:`edge_node.speculative`),
 with logits at each; the sequence samples at each position in order while the samples
 match the guesses, so one step can emit several tokens, each exactly as it would have
-been emitted alone, and the cells of the rejected guesses are removed.
+been emitted alone, and the cells of the rejected guesses are removed. What a sequence
+does with its rows of a step's logits is :mod:`edge_node.sequence`.
 
 Runs on the engine's worker thread, which owns the model.
 """
@@ -36,47 +37,21 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import GenerationFailed
-from .generation import Delta, Finished, FinishReason, PromptEvaluated, TextAssembler
+from .generation import Finished, FinishReason, TextAssembler
 from .jobs import Failed, Job, JobHost
-from .kv_slots import KvSlots, Slot
+from .kv_slots import KvSlots
 from .model import ChatModel
 from .prompt_cache import PromptCache
 from .sampling import SequenceSampler
-from .speculative import PromptLookup, SpeculationOptions, verify_drafts
+from .sequence import Sequence
+from .speculative import PromptLookup, SpeculationOptions
 
 log = logging.getLogger(__name__)
 
 _DECODE_NO_KV_ROOM = 1  # llama_decode: "could not find a KV slot for the batch"
-
-
-@dataclass(slots=True, eq=False, kw_only=True)
-class Sequence:
-    """A running request bound to a slot."""
-
-    job: Job
-    slot: Slot
-    sampler: SequenceSampler
-    assembler: TextAssembler
-    pending: list[int]  # tokens to evaluate next: the prompt's rest, then the last sample
-    prompt_tokens: int
-    cached: int
-    queue_wait_s: float
-    started_at: float
-    order: int
-    completion: int = 0
-    first_token_at: float | None = None
-    last_token_at: float = 0.0
-    taken: int = 0  # tokens of ``pending`` in the batch being decoded
-    held: bool = False  # preempted: waits until another sequence leaves
-    lookup: PromptLookup | None = None  # the context's n-grams, with --speculative
-    draft: list[int] = field(default_factory=list)  # guesses after pending[0], this step
-
-
-Ending = tuple[FinishReason, bool]
-"""Why a sequence ends at a token: the finish reason, and whether a stop string hit."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -353,83 +328,25 @@ class BatchRunner:
         self._host.kv_changed()
 
     def _sample(self, seq: Sequence, row: int) -> None:
-        token = seq.sampler.sample(self._ctx, row)
-        ending = self._take(seq, token)
-        if ending is None:
-            seq.pending = [token]
-        else:
+        ending = seq.sample(self._ctx, row, self._model, self._host)
+        if ending is not None:
             self._finish(seq, *ending)
 
     def _verify(self, seq: Sequence, row: int) -> None:
-        """Sample at the last token's row and each draft's in turn while the samples match
-        the drafts (:func:`edge_node.speculative.verify_drafts`); remove the cells of the
-        drafts that were not accepted."""
-        draft = seq.draft
+        """Let the sequence verify its drafts (:meth:`Sequence.verify`) and remove the
+        cells of the drafts that were not accepted."""
         verified = len(seq.slot.tokens)  # cells of emitted tokens: the last one included
-        seq.slot.tokens.extend(draft)
-        emitted: list[int] = []
-        endings: list[Ending] = []
-
-        def take(i: int) -> int | None:
-            token = seq.sampler.sample(self._ctx, row + i)
-            ending = self._take(seq, token)
-            if ending is not None:
-                endings.append(ending)
-                return None
-            emitted.append(token)
-            return token
-
-        accepted = verify_drafts(draft, take)
+        seq.slot.tokens.extend(seq.draft)
+        accepted, ending = seq.verify(self._ctx, row, self._model, self._host)
         self.slots.trim(seq.slot, verified + accepted)
-        self._on_draft(len(draft), accepted)
-        if endings:
-            self._finish(seq, *endings[0])
-        else:
-            seq.pending = [emitted[-1]]
-
-    def _take(self, seq: Sequence, token: int) -> Ending | None:
-        """Emit a sampled token; None while the sequence goes on, else why it ends."""
-        model, job = self._model, seq.job
-        now = time.perf_counter()
-        if seq.first_token_at is None:
-            seq.first_token_at = now
-            prompt_eval_s = now - seq.started_at
-            self._host.emit(
-                job, PromptEvaluated(cached_tokens=seq.cached, prompt_eval_s=prompt_eval_s)
-            )
-        seq.last_token_at = now
-        if job.cancelled.is_set():
-            return "cancelled", False
-        if model.is_end_of_generation(token) and not job.params.ignore_eos:
-            return "stop", False
-        seq.completion += 1
-        text, stopped = seq.assembler.feed(model.piece(token))
-        if text:
-            self._host.emit(job, Delta(text=text))
-        if stopped:
-            return "stop", True
-        if seq.completion >= job.params.max_tokens:
-            return "length", False
-        if seq.lookup is not None:
-            seq.lookup.append(token)
-        return None
+        self._on_draft(len(seq.draft), accepted)
+        if ending is not None:
+            self._finish(seq, *ending)
 
     # -- leaving -------------------------------------------------------------------
 
     def _finish(self, seq: Sequence, reason: FinishReason, stop_sequence_hit: bool = False) -> None:
-        if reason != "cancelled" and not stop_sequence_hit:
-            tail = seq.assembler.flush()  # held back as a possible stop prefix
-            if tail:
-                self._host.emit(seq.job, Delta(text=tail))
-        first = seq.first_token_at
-        finished = Finished(
-            finish_reason=reason,
-            prompt_tokens=seq.prompt_tokens,
-            completion_tokens=seq.completion,
-            cached_tokens=seq.cached,
-            prompt_eval_s=None if first is None else first - seq.started_at,
-            decode_s=0.0 if first is None else seq.last_token_at - first,
-        )
+        finished = seq.finished(reason, stop_sequence_hit, self._host)
         self._leave(seq, finished, keep_cells=reason != "cancelled")
 
     def _fail(self, planned: list[Sequence], reason: str) -> None:

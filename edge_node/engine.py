@@ -4,10 +4,8 @@
 run on the event loop, so a single worker thread loads the model (the HTTP server
 already answers ``/health`` with 503 meanwhile), runs the start-up self-check (a few
 greedy tokens, :mod:`edge_node.self_check`; a failure is reported like a failed load,
-and the server process exits on it) and then hands admitted jobs to its runner: with
-``--parallel N`` above 1 the continuous-batching runner (:mod:`edge_node.batching`, up to
-N requests decoded together), with ``--parallel 1`` the one-at-a-time runner
-(:mod:`edge_node.serial`). Admission is decided on the event loop: at most
+and the server process exits on it) and then hands admitted jobs to its runner, batched
+or one at a time (:mod:`edge_node.runners`). Admission is decided on the event loop: at most
 ``parallel + max_queue`` jobs are admitted at once, and the next one is refused at once
 with 503 ``overloaded`` so the gateway can fail over instead of waiting in an unbounded
 queue.
@@ -28,9 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Protocol
 
-from .batching import BatchOptions, BatchRunner
 from .errors import (
     ContextLengthExceeded,
     ModelLoading,
@@ -43,9 +39,9 @@ from .memory import ModelMemory, model_memory
 from .metrics import CompletionStats, EdgeMetrics
 from .model import ChatModel, ModelLoader
 from .prompt_cache import PromptCache
+from .runners import Runner, make_runner
 from .schema import ChatRequest
 from .self_check import SELF_CHECK_TOKENS, SelfCheckFailed, run_self_check
-from .serial import SerialRunner
 from .settings import Settings
 
 __all__ = ["Engine", "EngineState", "Event", "Failed", "FailureHandler", "Job"]
@@ -60,22 +56,6 @@ class EngineState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     CLOSED = "closed"
-
-
-class Runner(Protocol):
-    """Serves jobs from the queue until its ``None`` sentinel (on the worker thread)."""
-
-    kind: str
-
-    @property
-    def running(self) -> int: ...
-
-    @property
-    def cache(self) -> PromptCache | None: ...
-
-    def kv_cells(self) -> tuple[int, int]: ...
-
-    def run(self, jobs: queue.SimpleQueue[Job | None]) -> None: ...
 
 
 FailureHandler = Callable[[str], None]
@@ -293,7 +273,7 @@ class Engine:
             model.close()
             return
         try:
-            runner = self._runner = self._make_runner(model)
+            runner = self._runner = make_runner(model, self, self._settings, self._metrics)
             self.memory = model_memory(model.llm)
             self._metrics.set_model_memory(model.name, self.memory)
             self.kv_changed()
@@ -301,29 +281,6 @@ class Engine:
             runner.run(self._jobs)
         finally:
             model.close()
-
-    def _make_runner(self, model: ChatModel) -> Runner:
-        settings = self._settings
-        if not settings.batching:
-            return SerialRunner(model, self, settings.prompt_cache_bytes)
-        options = BatchOptions(
-            parallel=settings.parallel,
-            kv_cells=model.kv_cells,
-            n_batch=settings.n_batch,
-            prefill_chunk=settings.prefill_chunk,
-            prompt_cache_bytes=settings.prompt_cache_bytes,
-            shared_kv=settings.kv_unified,
-            speculation=settings.speculation,
-        )
-        metrics = self._metrics
-        return BatchRunner(
-            model,
-            self,
-            options,
-            metrics.decode_steps.inc,
-            metrics.preemptions.inc,
-            metrics.record_drafts,
-        )
 
     def _self_check(self, model: ChatModel) -> bool:
         """Generate a few tokens before going ready (see :mod:`edge_node.self_check`)."""

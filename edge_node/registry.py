@@ -8,17 +8,9 @@ every ``--variant NAME=PATH`` is loaded on the first request that names it, on i
 engine's thread (never on the event loop), while that request waits. Each load runs the
 self-check, so a variant that cannot generate on this host is never served.
 
-The bound (``--max-loaded-mb``, default half the memory available at start-up) counts each
-loaded variant's weights and KV cache (:class:`~edge_node.memory.ModelMemory`, the
-``edge_model_memory_bytes`` gauge). A variant not loaded yet is counted as its file size
-plus the KV cache of a variant loaded before: variants of one model share its
-architecture, and llama.cpp's KV cache is f16 whatever the weights' type. Before a load
-that would go over the bound, the least recently used variants that no request is using
-(none generating, queued, or being tokenized) are unloaded, oldest first. When that cannot
-make room, because the other loaded variants are in use, the request is answered at once
-with 503 ``overloaded`` and ``Retry-After``, not queued: a variant in use may stay busy for
-as long as its traffic lasts, and the gateway fails over on a 503. A variant larger than the
-bound on its own is 503 ``unavailable``.
+The bound (``--max-loaded-mb``) on what the loaded variants hold, and which idle ones are
+unloaded to make room, least recently used first, are :mod:`edge_node.variant_budget`'s;
+when no room can be made the request is answered at once with 503, not queued.
 
 Loads and unloads happen one at a time (an asyncio lock held until the load has settled),
 so every decision sees the other variants loaded or gone. A load that fails is reported to
@@ -33,42 +25,21 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .engine import Engine, EngineState, FailureHandler
-from .errors import Overloaded, Unavailable
+from .errors import Unavailable
 from .memory import default_max_loaded_bytes
 from .metrics import EdgeMetrics
 from .model import ModelLoader, load_model
 from .responses import EdgeModelCard
 from .settings import TIER_MODEL_NAME, Settings
+from .variant_budget import GONE, MIB, Variant, VariantBudget, file_size
 
 __all__ = ["ModelRegistry", "VariantMetrics"]
 
 log = logging.getLogger(__name__)
-
-_MIB = 2**20
-_GONE = (EngineState.FAILED, EngineState.CLOSED)
-
-
-@dataclass(slots=True, eq=False, kw_only=True)
-class _Variant:
-    """One served model and its engine while loaded (or loading)."""
-
-    name: str
-    settings: Settings
-    file_bytes: int
-    engine: Engine | None = None
-    users: int = 0
-    """Requests holding the variant (waiting for its load, tokenizing, queued, generating)."""
-    last_used: float = 0.0
-
-    @property
-    def loaded(self) -> bool:
-        return self.engine is not None and self.engine.state is EngineState.READY
 
 
 class VariantMetrics:
@@ -125,24 +96,24 @@ class ModelRegistry:
         self._clock = clock
         self.default = settings.served_model_name
         self.created = int(time.time())
-        self.max_loaded_bytes = (
+        self._budget = VariantBudget(
             settings.max_loaded_bytes
             if settings.max_loaded_bytes is not None
-            else default_max_loaded_bytes()
+            else default_max_loaded_bytes(),
+            settings.retry_after_s,
         )
-        self._variants: dict[str, _Variant] = {}
+        self._variants: dict[str, Variant] = {}
         paths = ((settings.served_model_name, settings.model_path), *settings.variants)
         for name, path in paths:
             own = dataclasses.replace(
                 settings, model_path=path, served_model_name=name, variants=()
             )
-            self._variants[name] = _Variant(name=name, settings=own, file_bytes=_size(path))
+            self._variants[name] = Variant(name=name, settings=own, file_bytes=file_size(path))
         # The --model variant: its failure to load is the node's (the server exits on it).
         self._startup = Engine(
             self._variants[self.default].settings, metrics, loader, on_failure=on_failure
         )
         self._variants[self.default].engine = self._startup
-        self._kv_cache_bytes = 0  # of a variant seen loaded: the estimate for the others
         self._lock = asyncio.Lock()
         self._unloading: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -178,8 +149,12 @@ class ModelRegistry:
             raise Unavailable("The edge node is shutting down.", retry_after_s=retry)
         self._startup.require_ready()
 
+    @property
+    def max_loaded_bytes(self) -> int | None:
+        return self._budget.max_loaded_bytes
+
     def loaded_bytes(self) -> int:
-        return sum(self._bytes_of(variant) for variant in self._variants.values())
+        return self._budget.loaded_bytes(self._variants.values())
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -216,35 +191,36 @@ class ModelRegistry:
             variant.users -= 1
             variant.last_used = self._clock()
 
-    async def _ready(self, variant: _Variant) -> Engine:
+    async def _ready(self, variant: Variant) -> Engine:
         self.require_started()
         engine = variant.engine
-        if engine is None or engine.state in _GONE:
+        if engine is None or engine.state in GONE:
             engine = await self._load(variant)
         if not engine.settled.is_set():
             await engine.settled.wait()
         engine.require_ready()
         return engine
 
-    async def _load(self, variant: _Variant) -> Engine:
+    async def _load(self, variant: Variant) -> Engine:
         async with self._lock:
             engine = variant.engine
-            if engine is not None and engine.state not in _GONE:
+            if engine is not None and engine.state not in GONE:
                 return engine  # loaded by another request while this one waited
             self.require_started()
-            self._remember_kv_cache()
+            budget = self._budget
+            budget.remember_kv_cache(self._variants.values())
             await self._settle_unloads()
-            needed = self._estimate(variant)
-            for victim in self._victims(variant, needed):
+            needed = budget.estimate(variant)
+            for victim in budget.victims(variant, needed, self._variants.values()):
                 self._unload(victim)
             await self._settle_unloads()
             log.info(
                 "loading variant %s (%s, about %d MiB with its KV cache; %d of %s MiB loaded)",
                 variant.name,
                 variant.settings.model_path,
-                needed // _MIB,
-                self.loaded_bytes() // _MIB,
-                "unbounded" if self.max_loaded_bytes is None else self.max_loaded_bytes // _MIB,
+                needed // MIB,
+                self.loaded_bytes() // MIB,
+                "unbounded" if self.max_loaded_bytes is None else self.max_loaded_bytes // MIB,
             )
             engine = variant.engine = Engine(variant.settings, self._metrics, self._loader)
             self._counters.loads.labels(model=variant.name).inc()
@@ -253,62 +229,7 @@ class ModelRegistry:
             await engine.settled.wait()
             return engine
 
-    def _estimate(self, variant: _Variant) -> int:
-        return variant.file_bytes + self._kv_cache_bytes
-
-    def _remember_kv_cache(self) -> None:
-        """Keep a loaded variant's KV cache size: the estimate for the variants not loaded."""
-        for variant in self._variants.values():
-            engine = variant.engine
-            if variant.loaded and engine is not None and engine.memory is not None:
-                self._kv_cache_bytes = engine.memory.kv_cache_bytes
-                return
-
-    def _bytes_of(self, variant: _Variant) -> int:
-        """What the variant holds now (its estimate while it loads; 0 when not loaded)."""
-        engine = variant.engine
-        if engine is None or engine.state in _GONE:
-            return 0
-        if engine.memory is None:
-            return self._estimate(variant)
-        return engine.memory.total_bytes
-
-    def _victims(self, variant: _Variant, needed: int) -> list[_Variant]:
-        """The least recently used idle variants whose unloading makes room for ``needed``
-        bytes, or an error when there is no such set (nothing is unloaded then)."""
-        bound, retry = self.max_loaded_bytes, self._settings.retry_after_s
-        if bound is None:
-            return []
-        if needed > bound:
-            raise Unavailable(
-                f"The variant {variant.name!r} needs about {needed // _MIB} MiB (weights and "
-                f"KV cache), more than this node keeps loaded ({bound // _MIB} MiB, "
-                "--max-loaded-mb).",
-                retry_after_s=retry,
-            )
-        others = [v for v in self._variants.values() if v is not variant and self._bytes_of(v)]
-        total = sum(self._bytes_of(v) for v in others)
-        idle = sorted(
-            (v for v in others if v.users == 0 and v.engine is not None and not v.engine.admitted),
-            key=lambda v: v.last_used,
-        )
-        victims: list[_Variant] = []
-        for candidate in idle:
-            if total + needed <= bound:
-                break
-            victims.append(candidate)
-            total -= self._bytes_of(candidate)
-        if total + needed > bound:
-            busy = ", ".join(repr(v.name) for v in others if v not in victims)
-            raise Overloaded(
-                f"Loading the variant {variant.name!r} needs about {needed // _MIB} MiB; "
-                f"this node keeps {bound // _MIB} MiB loaded and the variants holding the "
-                f"rest ({busy}) are in use. Retry later or use another node.",
-                retry_after_s=retry,
-            )
-        return victims
-
-    def _unload(self, variant: _Variant) -> None:
+    def _unload(self, variant: Variant) -> None:
         """Take the variant out now; its engine closes in a task (awaited by the next load)."""
         engine = variant.engine
         assert engine is not None
@@ -424,10 +345,3 @@ class ModelRegistry:
 
     def _engines(self) -> list[Engine]:
         return [v.engine for v in self._variants.values() if v.loaded and v.engine is not None]
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0  # a missing file fails at its load, with llama.cpp's message

@@ -42,7 +42,7 @@ _NO_SPAN: contextlib.nullcontext[Span] = contextlib.nullcontext(trace.INVALID_SP
 
 
 def tracing_config_from_env(env: Mapping[str, str]) -> TracingConfig:
-    """Parse ``OTEL_*`` (called by :func:`edge_node.settings.parse_settings`); ValueError
+    """Parse ``OTEL_*`` (called by :func:`edge_node.cli.parse_settings`); ValueError
     names the variable at fault."""
     return otel.tracing_config_from_env(env, default_service_name=SERVICE_NAME)
 

@@ -172,12 +172,6 @@ class _Routed:
     """The key's ``x-ratelimit-*`` (and budget warning) headers, for the answer."""
 
     @property
-    def may_shadow(self) -> bool:
-        """Shadowing re-asks the cloud: not for a key the cloud is closed to (its prompt
-        may not go there)."""
-        return "cloud" in self.plan.allowed_tiers
-
-    @property
     def deadline(self) -> float:
         """The request's end in event-loop time: the total deadline counts from arrival."""
         elapsed = time.perf_counter() - self.started
@@ -247,7 +241,7 @@ async def _complete(routed: _Routed) -> web.Response:
         metrics.duration_s.labels(tier).observe(time.perf_counter() - routed.started)
         if routed.conversation is not None:  # stored before the client can go on
             await routed.conversation.record_completion(done.body, tier)
-        if tier == "edge" and routed.may_shadow:  # sampled: re-asked on the cloud once sent
+        if tier == "edge":  # sampled: re-asked on the cloud once this is sent (gateway/shadow)
             routed.shadowing.offer(routed, body=done.body)
         return web.Response(
             body=done.payload, content_type="application/json", headers=routed.headers(lease)
@@ -321,7 +315,7 @@ async def _stream(request: web.Request, routed: _Routed) -> web.StreamResponse:
         answer.close()
         if outcome == "ok":  # a failed answer is not a completion, in requests or in tokens
             routed.account()
-            if answer.node.tier == "edge" and routed.may_shadow:  # sampled (gateway/shadow)
+            if answer.node.tier == "edge":  # sampled: re-asked on the cloud (gateway/shadow)
                 routed.shadowing.offer(routed)
         metrics.requests.labels(answer.node.tier, outcome).inc()
         metrics.duration_s.labels(answer.node.tier).observe(time.perf_counter() - routed.started)

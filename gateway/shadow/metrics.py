@@ -41,7 +41,7 @@ class ShadowMetrics:
         self.skipped = BoundCounter(
             "gateway_shadow_skipped",
             "Sampled answers not re-asked on the cloud, by reason (concurrency, cloud_busy, "
-            "cloud_unavailable, not_text, no_store, closing)",
+            "cloud_unavailable, not_text, no_store, closing, tier_not_allowed)",
             ("reason",),
             registry=r,
         )

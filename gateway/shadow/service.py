@@ -152,6 +152,10 @@ class Shadowing:
         if not sampled(served.request_id, spec.sample_rate):
             return
         metrics.sampled.inc()
+        if "cloud" not in served.plan.allowed_tiers:
+            # The request's API key may not use the cloud: its prompt must not go there.
+            metrics.skipped.labels("tier_not_allowed").inc()
+            return
         text = plain_text(record, body)
         store = self._store_for(spec.store)
         plan = served.plan

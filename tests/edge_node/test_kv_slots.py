@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.batching import BatchOptions, BatchRunner, Sequence
+from edge_node.batching import BatchOptions, BatchRunner
+from edge_node.cli import parse_settings
 from edge_node.generation import Finished, GenerationParams, TextAssembler
 from edge_node.jobs import Failed, Job
 from edge_node.kv_slots import KvSlots, Slot
@@ -23,7 +24,8 @@ from edge_node.model import ChatModel, load_model
 from edge_node.prompt_cache import PromptCache
 from edge_node.sampling import SequenceSampler
 from edge_node.schema import Sampling
-from edge_node.settings import default_model_path, parse_settings
+from edge_node.sequence import Sequence
+from edge_node.settings import default_model_path
 
 _SLOTS = 4
 _WINDOW = 128

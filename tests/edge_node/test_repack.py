@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from edge_node.cli import parse_settings
 from edge_node.repack import (
     RepackMode,
     decide_repack,
     parse_cpu_flags,
     read_cpu_flags,
 )
-from edge_node.settings import Settings, parse_settings
+from edge_node.settings import Settings
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx avx2 avx512f avx512_bf16 amx_bf16 avx512_fp16 amx_tile amx_int8"
 EPYC_ZEN4 = "fpu sse2 avx avx2 avx512f avx512_bf16 avx512_vnni"

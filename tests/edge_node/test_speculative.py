@@ -14,11 +14,12 @@ import aiohttp
 import pytest
 
 from edge_node.batching import BatchOptions, BatchRunner
+from edge_node.cli import parse_settings
 from edge_node.generation import Delta, Finished, GenerationParams, PromptEvaluated, Started
 from edge_node.jobs import Event, Failed, Job
 from edge_node.model import ChatModel, load_model
 from edge_node.schema import PromptMessage, Sampling
-from edge_node.settings import Settings, default_model_path, parse_settings
+from edge_node.settings import Settings, default_model_path
 from edge_node.speculative import PromptLookup, SpeculationOptions, verify_drafts
 from tests.edge_node.conftest import NodeFactory, chat_body
 from tests.fixtures.edge import EDGE_TEST_N_THREADS

@@ -18,7 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from edge_node.app import create_app
-from edge_node.settings import Settings, parse_settings
+from edge_node.cli import parse_settings
+from edge_node.settings import Settings
 from edge_node.tracing import SERVICE_NAME, EdgeTracing, build_tracing, tracing_config_from_env
 from gateway.telemetry import build_tracing as build_gateway_tracing
 from gateway.telemetry.config import SERVICE_NAME as GATEWAY_SERVICE_NAME

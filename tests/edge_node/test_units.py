@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_node.cli import parse_settings
 from edge_node.generation import TextAssembler
 from edge_node.memory import resident_memory
 from edge_node.prompt_cache import PromptCache, SavedState, common_prefix
-from edge_node.settings import Settings, default_kv_cells, default_model_path, parse_settings
+from edge_node.settings import Settings, default_kv_cells, default_model_path
 
 # -- settings ------------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ import aiohttp
 import gguf
 import pytest
 
+from edge_node.cli import parse_settings
 from edge_node.quantize import quantize
-from edge_node.settings import Settings, default_model_path, parse_settings
+from edge_node.settings import Settings, default_model_path
 from tests.edge_node.conftest import InProcessNode, NodeFactory, chat_body, endless_body
 from tests.helpers import Metrics, eventually_value, parse_metrics
 

@@ -237,19 +237,14 @@ async def test_a_unix_socket_url(socket_path: Path) -> None:
         await pipe.aclose()
 
 
+TLS_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "tls"
+
+
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A redis-server speaking TLS only, with a self-signed certificate for localhost."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the TLS test makes its certificate with the openssl command")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
+    """A redis-server speaking TLS only, with the self-signed test certificate for
+    localhost that ships in tests/fixtures/tls (no openssl command needed)."""
+    cert, key = TLS_DIR / "localhost-cert.pem", TLS_DIR / "localhost-key.pem"
     port = free_port()
     process = subprocess.Popen(
         [_redis_binary(), "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),

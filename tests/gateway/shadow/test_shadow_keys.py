@@ -77,3 +77,5 @@ async def test_an_edge_only_key_is_never_shadowed_to_the_cloud(
     )
     records = await stream_records(redis_server.url)
     assert sorted(record["id"] for record in records) == ["paid-1", "paid-2"]
+    skipped = tiers.gateway.app[SHADOW].metrics.skipped.labels("tier_not_allowed")
+    assert skipped._value.get() == 2  # the edge-only key's two, counted by reason
