@@ -106,6 +106,11 @@ def print_table(levels: dict[str, list[dict[str, Any]]]) -> None:
         print(f"batched p99 TTFT at c8: {batched[8]['ttft_s']['p99']:.2f} s")
         rounds = batched[8]["total_tokens_per_s_rounds"]
         print(f"batched c8 total tok/s by round: {', '.join(f'{r:.0f}' for r in rounds)}")
+        # Each round's c8 over the same round's c1, minutes apart rather than a run apart:
+        # the machine's drift moves both alike.
+        c1_rounds = batched[1]["total_tokens_per_s_rounds"]  # fewer if the deadline cut a run
+        paired = [r8 / r1 for r1, r8 in zip(c1_rounds, rounds, strict=False)]
+        print(f"batched c8/c1 by round: {', '.join(f'{r:.2f}x' for r in paired)}")
 
 
 def plot(levels: dict[str, list[dict[str, Any]]], directory: Path, command: str) -> list[Path]:

@@ -1,6 +1,7 @@
 """Helpers shared by the tests: waiting for a condition instead of sleeping a fixed time,
 the official SDK pointed at a test server, one parser for /metrics pages, a builder of
-test policies, and running the gateway's command line."""
+test policies, a loopback server that streams given bytes, and running the gateway's
+command line."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import openai
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -184,6 +187,30 @@ Node = tuple[str, str] | Mapping[str, object]
 """A policy node: ``(url, model)``, or the whole entry as a mapping (``name`` optional)."""
 
 DEFAULT_TIMEOUTS = "{connect: 1, first_token: 2, idle: 2, total: 5}"
+
+
+async def serve_sse_blocks(
+    blocks: Sequence[bytes], pause_s: float = 0.0, hold_s: float = 0.0
+) -> TestServer:
+    """A started loopback server whose ``GET /`` writes ``blocks`` as an event stream, one
+    write (one HTTP chunk) each, ``pause_s`` apart, then holds the body open ``hold_s``
+    before ending it. The caller closes it."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for block in blocks:
+            await response.write(block)
+            await asyncio.sleep(pause_s)
+        await asyncio.sleep(hold_s)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
 
 
 def policy_dict(

@@ -1,9 +1,10 @@
 """Reading server-sent events from an upstream, one ``data`` payload at a time.
 
 The reader takes whatever bytes have arrived in one go and splits them into events
-itself: a node that sends twenty events in one TCP segment costs one read, not forty
-``readline`` calls each under its own timeout. :meth:`SseReader.buffered` tells whether
-the next event is already in, so a relay can pass several on in one write.
+itself: a node that sends twenty events in one TCP segment costs one read
+(:func:`~gateway.upstream.buffered_body.take_buffered`), not forty ``readline`` calls each
+under its own timeout. :meth:`SseReader.buffered` tells whether the next event is already
+in, so a relay can pass several on in one write.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import collections
 import re
 
 import aiohttp
+
+from gateway.upstream.buffered_body import take_buffered
 
 DONE = b"[DONE]"
 
@@ -66,7 +69,7 @@ class SseReader:
         while not self._events:
             if self._ended:
                 return None
-            block = self._content.read_nowait()
+            block = take_buffered(self._content)
             if not block and not self._content.at_eof():
                 block = await self._wait(deadline)
             if block:

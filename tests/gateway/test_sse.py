@@ -6,32 +6,13 @@ import asyncio
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gateway.upstream.sse import MAX_EVENT_BYTES, DeadlineReached, EventTooLarge, SseReader
-
-
-async def _serve(blocks: list[bytes], pause_s: float = 0.0, hold_s: float = 0.0):
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for block in blocks:
-            await response.write(block)
-            await asyncio.sleep(pause_s)
-        await asyncio.sleep(hold_s)
-        await response.write_eof()
-        return response
-
-    app = web.Application()
-    app.router.add_get("/", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server
+from tests.helpers import serve_sse_blocks
 
 
 async def _read_all(blocks: list[bytes], pause_s: float = 0.0) -> list[bytes]:
-    server = await _serve(blocks, pause_s)
+    server = await serve_sse_blocks(blocks, pause_s)
     try:
         async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
             reader = SseReader(r.content, idle_s=2.0)
@@ -66,7 +47,7 @@ async def test_a_last_event_without_its_blank_line_still_counts() -> None:
 
 
 async def test_buffered_says_when_the_next_event_is_in() -> None:
-    server = await _serve([b"data: 1\n\ndata: 2\n\n"], hold_s=0.5)
+    server = await serve_sse_blocks([b"data: 1\n\ndata: 2\n\n"], hold_s=0.5)
     try:
         async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
             reader = SseReader(r.content, idle_s=2.0)
@@ -80,7 +61,7 @@ async def test_buffered_says_when_the_next_event_is_in() -> None:
 
 
 async def test_a_stall_is_a_timeout_and_the_callers_deadline_is_its_own() -> None:
-    server = await _serve([b"data: 1\n\n"], hold_s=2.0)
+    server = await serve_sse_blocks([b"data: 1\n\n"], hold_s=2.0)
     try:
         async with aiohttp.ClientSession() as session:
             async with session.get(server.make_url("/")) as r:
@@ -107,7 +88,7 @@ async def test_a_long_event_in_many_blocks_comes_out_whole() -> None:
 
 async def test_an_event_that_never_ends_is_refused_not_buffered_forever() -> None:
     block = b"data: " + b"x" * 65536
-    server = await _serve([block] * (MAX_EVENT_BYTES // 65536 + 2))
+    server = await serve_sse_blocks([block] * (MAX_EVENT_BYTES // 65536 + 2))
     try:
         async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
             reader = SseReader(r.content, idle_s=2.0)
