@@ -9,7 +9,7 @@ across rounds is the honest error bar of a run on a shared machine.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from _overhead_load import Cell, Sample
 
@@ -37,6 +37,39 @@ def ratios(gateway: Sequence[Sample], proxy: Sequence[Sample]) -> list[float]:
     """Gateway CPU per request over the proxy's (or another's), round by round."""
     pairs = zip(cpu_per_request(gateway), cpu_per_request(proxy), strict=True)
     return [g / p for g, p in pairs if p > 0]
+
+
+def differences(target: Sequence[Sample], other: Sequence[Sample]) -> list[float]:
+    """Target CPU per request minus the other's, round by round."""
+    pairs = zip(cpu_per_request(target), cpu_per_request(other), strict=True)
+    return [t - o for t, o in pairs]
+
+
+Combine = Callable[[Sequence[Sample], Sequence[Sample]], list[float]]
+"""Round-by-round figures of a target's samples against another's: :func:`ratios` or
+:func:`differences`."""
+
+
+def print_paired(
+    title: str,
+    cells: Sequence[Cell],
+    pairs: Sequence[tuple[str, str]],
+    samples: dict[tuple[Cell, str], list[Sample]],
+    *,
+    combine: Combine,
+    digits: int,
+) -> None:
+    """A table, one column per (target, other) pair, headed by the target: per cell the
+    median (min-max) across rounds of ``combine(target's samples, other's samples)``."""
+    print(f"\n{title}\n")
+    print("| cell | " + " | ".join(t for t, _ in pairs) + " |")
+    print("|---|" + "---:|" * len(pairs))
+    for cell in cells:
+        row = [
+            spread(combine(samples.get((cell, t), []), samples.get((cell, o), [])), digits)
+            for t, o in pairs
+        ]
+        print(f"| {cell.label} | " + " | ".join(row) + " |")
 
 
 def print_report(
@@ -76,14 +109,14 @@ def print_report(
                 f"| {spread([s.rps for s in got], 0)} | {p50:.2f} | {p99:.2f} "
                 f"| {added[0]} | {added[1]} | {first_p50} |"
             )
-    gateways = [t for t in targets if t.startswith("gateway")]
-    print("\nGateway CPU per request / bare proxy CPU per request, same round: median (min-max)\n")
-    print("| cell | " + " | ".join(gateways) + " |")
-    print("|---|" + "---:|" * len(gateways))
-    for cell in cells:
-        proxy = samples.get((cell, "bare proxy"), [])
-        row = [spread(ratios(samples.get((cell, g), []), proxy), 2) for g in gateways]
-        print(f"| {cell.label} | " + " | ".join(row) + " |")
+    print_paired(
+        "Gateway CPU per request / bare proxy CPU per request, same round: median (min-max)",
+        cells,
+        [(t, "bare proxy") for t in targets if t.startswith("gateway")],
+        samples,
+        combine=ratios,
+        digits=2,
+    )
     print_against_baseline(cells, targets, samples)
     print_keys_cost(cells, targets, samples)
 
@@ -95,21 +128,15 @@ def print_keys_cost(
     minus gateway in the same round (both sessions off)."""
     pairs = [(f"gateway+keys{s}", f"gateway{s}") for s in ("", "[base]")]
     pairs = [(k, g) for k, g in pairs if k in targets and g in targets]
-    if not pairs:
-        return
-    print("\nCPU ms per request added by keys, limits and budgets (same round): median (min-max)\n")
-    print("| cell | " + " | ".join(k for k, _ in pairs) + " |")
-    print("|---|" + "---:|" * len(pairs))
-    for cell in cells:
-        row = []
-        for keys, plain in pairs:
-            pairs_cpu = zip(
-                cpu_per_request(samples.get((cell, keys), [])),
-                cpu_per_request(samples.get((cell, plain), [])),
-                strict=True,
-            )
-            row.append(spread([k - p for k, p in pairs_cpu], 3))
-        print(f"| {cell.label} | " + " | ".join(row) + " |")
+    if pairs:
+        print_paired(
+            "CPU ms per request added by keys, limits and budgets (same round): median (min-max)",
+            cells,
+            pairs,
+            samples,
+            combine=differences,
+            digits=3,
+        )
 
 
 def print_against_baseline(
@@ -118,14 +145,12 @@ def print_against_baseline(
     """With ``--baseline-tree``: each gateway's CPU per request over its ``[base]`` twin's,
     round by round (the two ran on the same core in the same minutes)."""
     pairs = [(t, f"{t}[base]") for t in targets if f"{t}[base]" in targets]
-    if not pairs:
-        return
-    print("\nCPU per request, this tree / [base] tree, same round: median (min-max)\n")
-    print("| cell | " + " | ".join(t for t, _ in pairs) + " |")
-    print("|---|" + "---:|" * len(pairs))
-    for cell in cells:
-        row = [
-            spread(ratios(samples.get((cell, t), []), samples.get((cell, b), [])), 3)
-            for t, b in pairs
-        ]
-        print(f"| {cell.label} | " + " | ".join(row) + " |")
+    if pairs:
+        print_paired(
+            "CPU per request, this tree / [base] tree, same round: median (min-max)",
+            cells,
+            pairs,
+            samples,
+            combine=ratios,
+            digits=3,
+        )

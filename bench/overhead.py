@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shlex
@@ -47,7 +48,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # PYTHONPATH, if set, goes first
 
-from _common import free_port, wait_ready  # bench/ is the script directory
+from _common import cpu_model, free_port, wait_ready  # bench/ is the script directory
 from _overhead_load import Cell, Sample, measure, verify
 from _overhead_report import print_report
 from _overhead_upstream import MODEL
@@ -96,14 +97,7 @@ def clean_env() -> dict[str, str]:
 
 
 def describe_machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model() or "?"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{platform.machine()}, {os.cpu_count()} CPUs ({model}), load average {load}"
 
@@ -235,29 +229,17 @@ def gateway_variants(
 
 
 async def create_bench_key(redis_url: str, tree: Path) -> str:
-    """A key with every limit on (far above the load), created with ``tree``'s own key
-    store; returns its ``Authorization`` header value."""
-    code = (
-        "import asyncio, sys\n"
-        "from gateway.accounts.model import Budget\n"
-        "from gateway.accounts.store import KeyStore\n"
-        "from gateway.redis_client import redis_client\n"
-        "async def main():\n"
-        "    client = redis_client(sys.argv[1], max_connections=2, timeout_s=5)\n"
-        "    store = KeyStore(client)\n"
-        "    _key, plain = await store.create(name='bench', rpm=10**9, tpm=10**9,\n"
-        "        budget=Budget(period='day', limit_usd=1e6, soft_limit_usd=5e5))\n"
-        "    await client.aclose()\n"
-        "    print(plain)\n"
-        "asyncio.run(main())\n"
-    )
+    """A key with every limit on (far above the load), created by ``tree``'s own
+    ``python -m gateway keys create``; returns its ``Authorization`` header value."""
+    argv = [sys.executable, "-m", "gateway", "keys", "create", "--name", "bench"]
+    argv += ["--redis-url", redis_url, "--rpm", str(10**9), "--tpm", str(10**9)]
+    argv += ["--budget-usd", "1e6", "--budget-period", "day", "--soft-budget-usd", "5e5"]
+    argv += ["--json"]
     env = {**clean_env(), "PYTHONPATH": str(tree)}
     done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", code, redis_url],
-        cwd=tree, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return "Bearer " + done.stdout.strip()
+        subprocess.run, argv, cwd=tree, env=env, capture_output=True, text=True, check=True
+    )
+    return "Bearer " + str(json.loads(done.stdout)["key"])
 
 
 def conversation_prefix(target: str, tag: str) -> str | None:

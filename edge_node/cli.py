@@ -37,20 +37,16 @@ def _variant(value: str) -> tuple[str, Path]:
     return name.strip(), Path(path.strip())
 
 
-def _speculative_method(value: str) -> str:
-    method = value.strip().lower()
-    if method not in SPECULATIVE_METHODS:
-        methods = ", ".join(SPECULATIVE_METHODS)
-        raise argparse.ArgumentTypeError(f"expected one of {methods}, got {value!r}")
-    return method
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """An option type accepting one of ``choices``, case-insensitively."""
 
+    def parse(value: str) -> str:
+        choice = value.strip().lower()
+        if choice not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return choice
 
-def _repack_mode(value: str) -> str:
-    mode = value.strip().lower()
-    if mode not in REPACK_MODES:
-        modes = ", ".join(REPACK_MODES)
-        raise argparse.ArgumentTypeError(f"expected one of {modes}, got {value!r}")
-    return mode
+    return parse
 
 
 # (option, env suffix, type, help): one table so the CLI, env and docs agree.
@@ -102,14 +98,14 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
     (
         "--weight-repack",
         "WEIGHT_REPACK",
-        _repack_mode,
+        _one_of(REPACK_MODES),
         "auto|on|off: llama.cpp's repacked weight buffers; auto = off on AMX CPUs, where "
         "they crash",
     ),
     (
         "--speculative",
         "SPECULATIVE",
-        _speculative_method,
+        _one_of(SPECULATIVE_METHODS),
         "off|prompt-lookup: draft tokens from each request's own context, verified in one "
         "decoding step (needs --parallel 2 or more; default off)",
     ),
@@ -199,12 +195,13 @@ def parse_settings(
 
     renames = {"retry_after": "retry_after_s"}
     kwargs: dict[str, object] = {renames.get(key, key): value for key, value in values.items()}
-    cache_mb = kwargs.pop("prompt_cache_mb", None)
-    if isinstance(cache_mb, int):
-        kwargs["prompt_cache_bytes"] = cache_mb * 1024 * 1024
-    loaded_mb = kwargs.pop("max_loaded_mb", None)
-    if isinstance(loaded_mb, int):
-        kwargs["max_loaded_bytes"] = loaded_mb * 1024 * 1024
+    for mb_key, bytes_key in (
+        ("prompt_cache_mb", "prompt_cache_bytes"),
+        ("max_loaded_mb", "max_loaded_bytes"),
+    ):
+        mb = kwargs.pop(mb_key, None)
+        if isinstance(mb, int):
+            kwargs[bytes_key] = mb * 1024 * 1024
     if isinstance(kwargs.get("log_level"), str):
         kwargs["log_level"] = str(kwargs["log_level"]).upper()
     try:

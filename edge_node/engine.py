@@ -79,7 +79,6 @@ class Engine:
         self._loader = loader
         self._on_failure = on_failure
         self.state = EngineState.LOADING
-        self.created = int(time.time())
         self.load_error: str | None = None
         self.settled = asyncio.Event()
         """Set on the event loop once the model is ready or has failed to load."""
@@ -120,6 +119,11 @@ class Engine:
         return len(self._admitted)
 
     @property
+    def queued(self) -> int:
+        """Requests admitted and waiting for a sequence (racy reads: fine for reports)."""
+        return max(0, self.admitted - self.running)
+
+    @property
     def prompt_cache(self) -> PromptCache | None:
         runner = self._runner
         return runner.cache if runner is not None else None
@@ -141,18 +145,17 @@ class Engine:
     def status(self) -> dict[str, object]:
         """Load, sequences and memory for ``/health`` (racy reads of counters: fine there)."""
         settings = self._settings
-        running = self.running
         status: dict[str, object] = {
             "engine": self.kind,
             "parallel": settings.parallel,
-            "running": running,
-            "queued": max(0, len(self._admitted) - running),
+            "running": self.running,
+            "queued": self.queued,
             "capacity": settings.capacity,
         }
         cells = self.kv_cells()
         if cells is not None:
             status["kv_cells"] = dict(zip(("running", "cached", "total"), cells, strict=True))
-        if settings.speculation is not None:
+        if settings.speculative != "off":
             status["speculative"] = {"method": settings.speculative, **self._metrics.speculation()}
         return status
 

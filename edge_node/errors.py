@@ -50,12 +50,11 @@ class ContextLengthExceeded(InvalidRequest):
 class ModelNotFound(EdgeError, ModelNotFoundError):
     """The request names a model this node does not serve."""
 
-    def __init__(self, model: str, *, served: str | Sequence[str]) -> None:
+    def __init__(self, model: str, *, served: Sequence[str]) -> None:
         # ``served``: the --model variant first, then the others (--variant).
-        names = [served] if isinstance(served, str) else list(served)
-        others = "".join(f", {name!r}" for name in names[1:])
+        others = "".join(f", {name!r}" for name in served[1:])
         super().__init__(
-            f"The model {model!r} does not exist on this edge node; it serves {names[0]!r} "
+            f"The model {model!r} does not exist on this edge node; it serves {served[0]!r} "
             f"(also reachable as 'edge'){others}.",
             param="model",
         )

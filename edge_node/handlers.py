@@ -46,7 +46,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             body = parse_json(raw)
             model = check_model(body, settings.accepted_model_names, settings.variant_names)
             chat = parse_chat_request(body)
-            models.require_started()
             # The variant's engine, loaded first if need be; never unloaded while in use.
             async with models.use(model) as engine:
                 if engine.model_name != settings.served_model_name and span.is_recording():

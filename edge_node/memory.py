@@ -27,20 +27,27 @@ class ResidentMemory:
 
 def resident_memory(status: Path = _STATUS) -> ResidentMemory | None:
     """The process's resident set now and at its peak, or None where /proc is missing."""
+    fields = _proc_kb_fields(status, {"VmRSS", "VmHWM"})
+    if fields is None or "VmRSS" not in fields:
+        return None
+    return ResidentMemory(
+        current_bytes=fields["VmRSS"], peak_bytes=fields.get("VmHWM", fields["VmRSS"])
+    )
+
+
+def _proc_kb_fields(path: Path, names: set[str]) -> dict[str, int] | None:
+    """The ``Name: N kB`` lines of a /proc file among ``names``, in bytes; None where the
+    file cannot be read."""
     try:
-        text = status.read_text()
+        text = path.read_text()
     except OSError:
         return None
     fields: dict[str, int] = {}
     for line in text.splitlines():
         name, _, value = line.partition(":")
-        if name in {"VmRSS", "VmHWM"}:
+        if name in names:
             fields[name] = int(value.split()[0]) * 1024  # reported in kB
-    if "VmRSS" not in fields:
-        return None
-    return ResidentMemory(
-        current_bytes=fields["VmRSS"], peak_bytes=fields.get("VmHWM", fields["VmRSS"])
-    )
+    return fields
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,15 +91,8 @@ DEFAULT_LOADED_SHARE = 0.5
 def available_memory_bytes(meminfo: Path = _MEMINFO) -> int | None:
     """Memory the kernel says new allocations can take without swapping (``MemAvailable``),
     or None where /proc is missing."""
-    try:
-        text = meminfo.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name == "MemAvailable":
-            return int(value.split()[0]) * 1024  # reported in kB
-    return None
+    fields = _proc_kb_fields(meminfo, {"MemAvailable"})
+    return None if fields is None else fields.get("MemAvailable")
 
 
 def default_max_loaded_bytes(meminfo: Path = _MEMINFO) -> int | None:

@@ -6,6 +6,7 @@ loop both record into the same objects.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -175,14 +176,9 @@ class EdgeMetrics:
 
     def speculation(self) -> dict[str, int | float | None]:
         """The draft counters and their ratio, for ``/health``."""
-        drafted = int(self._value("edge_speculative_draft_tokens_total"))
-        accepted = int(self._value("edge_speculative_accepted_tokens_total"))
+        drafted, accepted = _total(self.draft_tokens), _total(self.accepted_tokens)
         rate = round(accepted / drafted, 4) if drafted else None
         return {"draft_tokens": drafted, "accepted_tokens": accepted, "acceptance_rate": rate}
-
-    def _value(self, sample: str) -> float:
-        value = self.registry.get_sample_value(sample)
-        return 0.0 if value is None else float(value)
 
     def set_kv_cells(self, running: int, cached: int) -> None:
         self.kv_cells.labels(state="running").set(running)
@@ -192,6 +188,12 @@ class EdgeMetrics:
         self.model_memory.labels(model=model, part="weights").set(memory.weights_bytes)
         self.model_memory.labels(model=model, part="kv_cache").set(memory.kv_cache_bytes)
         self.kv_cells_total.set(memory.kv_cells)
+
+    def clear_model_memory(self, model: str) -> None:
+        """Drop an unloaded model's ``edge_model_memory_bytes`` series (absent ones too)."""
+        for part in ("weights", "kv_cache"):
+            with contextlib.suppress(KeyError):
+                self.model_memory.remove(model, part)
 
     def record_completion(self, stats: CompletionStats) -> None:
         """Record one generation (finished or cancelled) that got to run."""
@@ -214,6 +216,16 @@ class EdgeMetrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _total(counter: Counter) -> int:
+    """A counter without labels, read from that one metric (``get_sample_value`` would
+    collect every metric of the registry)."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                return int(sample.value)
+    return 0
 
 
 def _resident(*, peak: bool) -> float:

@@ -136,10 +136,6 @@ class ModelRegistry:
         """Why the start-up load or self-check failed, if it did."""
         return self._startup.load_error
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._variants)
-
     def require_started(self) -> None:
         """503 while the start-up load runs, after it failed, or while shutting down."""
         if self.state is EngineState.READY:
@@ -170,8 +166,7 @@ class ModelRegistry:
         self._closed = True
         engines = [v.engine for v in self._variants.values() if v.engine is not None]
         await asyncio.gather(*(engine.aclose() for engine in engines))
-        if self._unloading:
-            await asyncio.wait(set(self._unloading))
+        await self._settle_unloads()
 
     # -- serving ------------------------------------------------------------------------
 
@@ -196,8 +191,7 @@ class ModelRegistry:
         engine = variant.engine
         if engine is None or engine.state in GONE:
             engine = await self._load(variant)
-        if not engine.settled.is_set():
-            await engine.settled.wait()
+        await engine.settled.wait()  # returns at once when settled
         engine.require_ready()
         return engine
 
@@ -242,9 +236,7 @@ class ModelRegistry:
 
     async def _close(self, name: str, engine: Engine) -> None:
         await engine.aclose()
-        for part in ("weights", "kv_cache"):
-            with contextlib.suppress(KeyError):
-                self._metrics.model_memory.remove(name, part)
+        self._metrics.clear_model_memory(name)
 
     async def _settle_unloads(self) -> None:
         # asyncio.wait: a cancelled waiter leaves the closes running (the next load waits).
@@ -277,19 +269,15 @@ class ModelRegistry:
         """``/health``'s load figures: an engine's own report with ``running``, ``queued``
         and ``kv_cells`` summed over the loaded variants (``capacity`` is each variant's),
         then per variant with the bound."""
-        settings = self._settings
         engines = self._engines()
         running = sum(engine.running for engine in engines)
-        queued = sum(max(0, engine.admitted - engine.running) for engine in engines)
+        queued = sum(engine.queued for engine in engines)
         status = (engines[0] if engines else self._startup).status()
-        status.update(running=running, queued=queued, capacity=settings.capacity)
+        status.update(running=running, queued=queued)
         status.pop("kv_cells", None)
-        cells = [c for engine in engines if (c := engine.kv_cells()) is not None]
-        if cells:
-            status["kv_cells"] = {
-                key: sum(c[index] for c in cells)
-                for index, key in enumerate(("running", "cached", "total"))
-            }
+        cells = _kv_cells(engines)
+        if cells is not None:
+            status["kv_cells"] = dict(zip(("running", "cached", "total"), cells, strict=True))
         models: dict[str, object] = {}
         for variant in self._variants.values():
             engine = variant.engine
@@ -299,7 +287,7 @@ class ModelRegistry:
             }
             if variant.loaded and engine is not None:
                 entry["running"] = engine.running
-                entry["queued"] = max(0, engine.admitted - engine.running)
+                entry["queued"] = engine.queued
                 if engine.memory is not None:
                     entry["memory_bytes"] = engine.memory.total_bytes
             models[variant.name] = entry
@@ -336,12 +324,22 @@ class ModelRegistry:
             return  # the one engine's own figures are the node's
         metrics, engines = self._metrics, self._engines()
         metrics.model_loaded.set(1 if self.state is EngineState.READY else 0)
-        cells = [c for engine in engines if (c := engine.kv_cells()) is not None]
-        metrics.set_kv_cells(sum(c[0] for c in cells), sum(c[1] for c in cells))
-        metrics.kv_cells_total.set(sum(c[2] for c in cells))
+        running, cached, total = _kv_cells(engines) or (0, 0, 0)
+        metrics.set_kv_cells(running, cached)
+        metrics.kv_cells_total.set(total)
         caches = [cache for engine in engines if (cache := engine.prompt_cache) is not None]
         metrics.cache_bytes.set(sum(cache.size_bytes for cache in caches))
         metrics.cache_entries.set(sum(len(cache) for cache in caches))
 
     def _engines(self) -> list[Engine]:
         return [v.engine for v in self._variants.values() if v.loaded and v.engine is not None]
+
+
+def _kv_cells(engines: list[Engine]) -> tuple[int, int, int] | None:
+    """KV cells (running, cached, total) summed over the engines that report them; None
+    when none does yet."""
+    cells = [c for engine in engines if (c := engine.kv_cells()) is not None]
+    if not cells:
+        return None
+    running, cached, total = (sum(column) for column in zip(*cells, strict=True))
+    return running, cached, total

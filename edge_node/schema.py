@@ -68,9 +68,7 @@ def parse_json(raw: bytes) -> dict[str, object]:
     return body
 
 
-def check_model(
-    body: Mapping[str, object], accepted: frozenset[str], served: str | Sequence[str]
-) -> str:
+def check_model(body: Mapping[str, object], accepted: frozenset[str], served: Sequence[str]) -> str:
     """The requested model; a missing one is a 400, one this node does not serve a 404."""
     model = body.get("model")
     if not isinstance(model, str) or not model:

@@ -69,23 +69,17 @@ class Sequence:
         the drafts (:func:`edge_node.speculative.verify_drafts`); returns how many drafts
         were accepted and, if the sequence ended, why. The caller removes the cells of the
         drafts that were not accepted."""
-        emitted: list[int] = []
         endings: list[Ending] = []
 
         def take(i: int) -> int | None:
-            token = self.sampler.sample(ctx, row + i)
-            ending = self.emit(token, model, host)
+            ending = self.sample(ctx, row + i, model, host)
             if ending is not None:
                 endings.append(ending)
                 return None
-            emitted.append(token)
-            return token
+            return self.pending[0]  # the token sampled: the next one to evaluate
 
         accepted = verify_drafts(self.draft, take)
-        if endings:
-            return accepted, endings[0]
-        self.pending = [emitted[-1]]
-        return accepted, None
+        return accepted, endings[0] if endings else None
 
     def emit(self, token: int, model: ChatModel, host: JobHost) -> Ending | None:
         """Emit a sampled token; None while the sequence goes on, else why it ends."""

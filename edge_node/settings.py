@@ -133,7 +133,7 @@ class Settings:
             )
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
-        names = [self.served_model_name] + [name for name, _ in self.variants]
+        names = self.variant_names
         for name in names[1:]:
             if not name or name == TIER_MODEL_NAME or names.count(name) > 1:
                 raise ValueError(

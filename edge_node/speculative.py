@@ -82,8 +82,7 @@ class PromptLookup:
     __slots__ = ("_following", "_max_ngram", "_min_ngram", "_tokens")
 
     def __init__(self, context: Iterable[int], *, max_ngram: int, min_ngram: int = 1) -> None:
-        if not 1 <= min_ngram <= max_ngram:
-            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        # Sizes as SpeculationOptions validated them (1 <= min_ngram <= max_ngram).
         self._max_ngram = max_ngram
         self._min_ngram = min_ngram
         self._tokens: list[int] = []

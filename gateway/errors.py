@@ -24,11 +24,14 @@ the edge node's errors.
     │   │   └── UpstreamRateLimited (429 upstream_rate_limited)
     │   ├── UpstreamProtocolError (502 upstream_protocol_error)
     │   └── UpstreamIncomplete (502 upstream_stream_truncated)   the answer broke off
-    ├── NoCapacity (503 no_healthy_upstream, with Retry-After)
-    ├── KeyStoreUnavailable (503 key_store_unavailable, with Retry-After)
+    ├── RetryLater (503, with Retry-After)           shares init + header only; never caught
+    │   ├── NoCapacity (503 no_healthy_upstream)
+    │   ├── KeyStoreUnavailable (503 key_store_unavailable)
+    │   ├── LimitsUnavailable (503 limits_unavailable)   Redis down, fail-closed
+    │   ├── SessionStoreUnavailable (503 session_store_unavailable: gateway.sessions.errors)
+    │   └── UsageStoreUnavailable (503 usage_store_unavailable: gateway.accounts.errors)
     ├── RateLimited (429 rate_limit_exceeded, type requests|tokens, Retry-After)  a key's RPM/TPM
-    ├── BudgetExceeded (429 budget_exceeded, type insufficient_quota, Retry-After)
-    └── LimitsUnavailable (503 limits_unavailable, Retry-After)   Redis down, fail-closed
+    └── BudgetExceeded (429 budget_exceeded, type insufficient_quota, Retry-After)
 """
 
 from __future__ import annotations
@@ -166,11 +169,14 @@ class UpstreamIncomplete(UpstreamError):
     kind = "protocol_error"
 
 
-class NoCapacity(GatewayError):
-    """No node could serve the request; the client should come back later."""
+class RetryLater(GatewayError):
+    """A 503 that tells the client when to come back (``Retry-After``, whole seconds).
+
+    Only shares the constructor and the header: no code catches it, so each subclass is
+    caught (or not) exactly as before it had this parent.
+    """
 
     status = 503
-    code = "no_healthy_upstream"
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
@@ -180,19 +186,17 @@ class NoCapacity(GatewayError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
-class KeyStoreUnavailable(GatewayError):
+class NoCapacity(RetryLater):
+    """No node could serve the request; the client should come back later."""
+
+    code = "no_healthy_upstream"
+
+
+class KeyStoreUnavailable(RetryLater):
     """The API keys in Redis could not be read (and no recent copy was at hand): the
     request is refused with 503, never let through unchecked."""
 
-    status = 503
     code = "key_store_unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
 
 
 class RateLimited(GatewayError):
@@ -256,19 +260,11 @@ class BudgetExceeded(GatewayError):
         }
 
 
-class LimitsUnavailable(GatewayError):
+class LimitsUnavailable(RetryLater):
     """Redis could not check a key's limits or budget, and the policy fails closed
     (``limits.on_store_error: closed``)."""
 
-    status = 503
     code = "limits_unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
 
 
 __all__ = [
@@ -285,6 +281,7 @@ __all__ = [
     "NoCapacity",
     "RateLimited",
     "RequestTimeout",
+    "RetryLater",
     "Unauthorized",
     "UpstreamClientError",
     "UpstreamConnectError",

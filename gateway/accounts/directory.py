@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.accounts.model import KEY_PREFIX, ApiKey, key_hash
+from gateway.accounts.model import KEY_PREFIX, ApiKey, key_hash, token_bytes
 from gateway.accounts.store import KeyStore
 from gateway.errors import KeyStoreUnavailable
 
@@ -92,7 +92,7 @@ class KeyDirectory:
             return None
         if not presented.startswith(KEY_PREFIX):
             return None
-        digest = key_hash(_raw(presented))
+        digest = key_hash(token_bytes(presented))
         key = await self._lookup(digest)
         if key is None or key.revoked:
             return None
@@ -158,14 +158,6 @@ class KeyDirectory:
             del self._reading[digest]
         if not task.cancelled():
             task.exception()  # retrieved: whoever awaited it has it; nobody left is fine
-
-
-def _raw(text: str) -> bytes:
-    """``text`` as the bytes it was read from (headers are decoded with surrogateescape)."""
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass")
 
 
 __all__ = ["DEFAULT_STALE_S", "DEFAULT_TTL_S", "KeyDirectory"]

@@ -28,6 +28,14 @@ from gateway.accounts.model import Period
 BUDGET_GRACE_S: Final = 7 * 86400
 """A budget hash outlives its period by this much (for reports and late settlements)."""
 USAGE_TTL_S: Final = 400 * 86400
+USAGE_COUNTERS: Final = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_nusd",
+    "cloud_nusd",
+)
+"""The ``<counter>`` of a usage hash's fields, in the order the ledger batches them."""
 STATIC_ID: Final = "_static"
 """The ledger id (and name) of traffic with a GATEWAY_API_KEYS key."""
 ANONYMOUS_ID: Final = "_anonymous"
@@ -108,6 +116,7 @@ __all__ = [
     "ANONYMOUS_ID",
     "BUDGET_GRACE_S",
     "STATIC_ID",
+    "USAGE_COUNTERS",
     "USAGE_TTL_S",
     "Calendar",
     "PeriodSpan",

@@ -30,6 +30,7 @@ from typing import Final
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.accounts.layout import (
+    USAGE_COUNTERS,
     Calendar,
     rate_prefix,
     usage_field,
@@ -39,7 +40,7 @@ from gateway.accounts.layout import (
 )
 from gateway.accounts.limiter import Admission, lua_script
 from gateway.accounts.metrics import AccountMetrics
-from gateway.accounts.pricing import NUSD_PER_USD
+from gateway.accounts.pricing import nusd_to_usd
 from gateway.redis_client import Client
 from hybrid_common.protocol import Tier
 
@@ -49,8 +50,6 @@ FLUSH_INTERVAL_S: Final = 0.05
 MAX_BACKOFF_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 2.0
 """How long :meth:`Ledger.aclose` keeps trying to write what is queued."""
-
-_COUNTERS: Final = ("requests", "prompt_tokens", "completion_tokens", "cost_nusd", "cloud_nusd")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,7 +75,7 @@ class _KeyBatch:
     budgets: dict[str, list[int]] = field(default_factory=dict)
     """Budget hash -> [spent, release, expires_at]."""
     usage: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
-    """(day, tier, model) -> the :data:`_COUNTERS`."""
+    """(day, tier, model) -> the :data:`~gateway.accounts.layout.USAGE_COUNTERS`, in order."""
 
     def script_call(self, key_id: str, writer: str, seq: int) -> tuple[int, list[str | int]]:
         """``settle.lua``'s key count, and its keys and arguments, for this key."""
@@ -88,7 +87,7 @@ class _KeyBatch:
         by_day: dict[str, list[str | int]] = {}
         for (day, tier, model), counters in self.usage.items():
             pairs = by_day.setdefault(day, [])
-            for counter, value in zip(_COUNTERS, counters, strict=True):
+            for counter, value in zip(USAGE_COUNTERS, counters, strict=True):
                 if value:
                     pairs += [usage_field(tier, model, counter), value]
         args[3] = len(by_day)
@@ -186,8 +185,8 @@ class Ledger:
                     metrics.requests.labels(*labels).inc(charge.requests)
                 metrics.tokens.labels(*labels, "prompt").inc(charge.prompt_tokens)
                 metrics.tokens.labels(*labels, "completion").inc(charge.completion_tokens)
-                metrics.cost_usd.labels(*labels).inc(charge.cost_nusd / NUSD_PER_USD)
-                metrics.cloud_equivalent_usd.labels(*labels).inc(charge.cloud_nusd / NUSD_PER_USD)
+                metrics.cost_usd.labels(*labels).inc(nusd_to_usd(charge.cost_nusd))
+                metrics.cloud_equivalent_usd.labels(*labels).inc(nusd_to_usd(charge.cloud_nusd))
         if self._pending_entries != entries:
             self._metrics.ledger_queue.set(self.queued)
         self._wake.set()

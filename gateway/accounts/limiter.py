@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 from gateway.accounts.layout import BUDGET_GRACE_S, Calendar, budget_key, rate_prefix
 from gateway.accounts.metrics import AccountMetrics
 from gateway.accounts.model import ApiKey
-from gateway.accounts.pricing import NUSD_PER_USD, usd_to_nusd
+from gateway.accounts.pricing import nusd_to_usd, usd_to_nusd
 from gateway.accounts.redis_pipe import Arg, RedisPipe, script_sha
 from gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from gateway.policy.pricing import StoreErrorMode
@@ -163,8 +163,8 @@ class Limiter:
             self._metrics.rejections.labels(key.name, "budget").inc()
             raise BudgetExceeded(
                 f"This key's {_PERIOD_WORDS[budget.period]} budget of "
-                f"{budget.limit_usd:.2f} USD is used up ({spent / NUSD_PER_USD:.4f} USD spent, "
-                f"{reserved / NUSD_PER_USD:.4f} USD reserved by requests under way). It "
+                f"{budget.limit_usd:.2f} USD is used up ({nusd_to_usd(spent):.4f} USD spent, "
+                f"{nusd_to_usd(reserved):.4f} USD reserved by requests under way). It "
                 f"resets at {_utc(span.ends_at)}.",
                 retry_after_s=max(1, math.ceil(span.ends_at - self._clock())),
                 limit_headers=headers,
@@ -245,7 +245,7 @@ def _soft_warning(key: ApiKey, spent_nusd: int, ends_at: int) -> str | None:
     if spent_nusd < usd_to_nusd(budget.soft_limit_usd):
         return None
     return (
-        f"soft-limit; spent_usd={spent_nusd / NUSD_PER_USD:.4f}; "
+        f"soft-limit; spent_usd={nusd_to_usd(spent_nusd):.4f}; "
         f"soft_limit_usd={budget.soft_limit_usd:.2f}; limit_usd={budget.limit_usd:.2f}; "
         f"resets={_utc(ends_at)}"
     )

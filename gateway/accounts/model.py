@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hybrid_common.protocol import Tier
+from hybrid_common.protocol import TIERS, Tier
 
 Period = Literal["day", "month"]
 PERIODS: tuple[Period, ...] = ("day", "month")
-TIERS: tuple[Tier, ...] = ("edge", "cloud")
 
 KEY_PREFIX = "sk-gw-"
 """Every key the gateway issues starts so (secret scanners and people can spot one)."""
@@ -72,6 +71,15 @@ def new_key_id() -> str:
     return "key_" + secrets.token_hex(6)
 
 
+def token_bytes(text: str) -> bytes:
+    """``text`` as the bytes it was read from (headers and the environment are decoded as
+    UTF-8 with ``surrogateescape``); any other surrogate passes through, never raises."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
 def key_hash(plain: str | bytes) -> str:
     raw = plain.encode("utf-8", "surrogateescape") if isinstance(plain, str) else plain
     return hashlib.sha256(raw).hexdigest()
@@ -87,4 +95,5 @@ __all__ = [
     "key_hash",
     "new_key_id",
     "new_secret",
+    "token_bytes",
 ]

@@ -40,15 +40,9 @@ MAX_CONNECTIONS: Final = 64
 class Accounting:
     """Limits, budgets and the usage ledger of one gateway process."""
 
-    def __init__(
-        self,
-        limiter: Limiter | None,
-        ledger: Ledger | None,
-        metrics: AccountMetrics | None = None,
-    ) -> None:
+    def __init__(self, limiter: Limiter | None, ledger: Ledger | None) -> None:
         self._limiter = limiter
         self._ledger = ledger
-        self.metrics = metrics
         self._policy: Policy | None = None
         self._client: Client | None = None
         """Closed by :meth:`aclose` when :meth:`connect` made it."""
@@ -63,7 +57,7 @@ class Accounting:
         """Accounting on ``client`` and, for admissions, ``pipe`` if given (both of which
         the caller closes)."""
         limiter = Limiter(client, metrics=metrics, pipe=pipe)
-        return cls(limiter, Ledger(client, metrics=metrics), metrics)
+        return cls(limiter, Ledger(client, metrics=metrics))
 
     @classmethod
     def connect(cls, url: str, *, cluster: bool, metrics: AccountMetrics) -> Accounting:
@@ -87,10 +81,6 @@ class Accounting:
     @property
     def enabled(self) -> bool:
         return self._ledger is not None
-
-    @property
-    def ledger(self) -> Ledger | None:
-        return self._ledger
 
     def start(self) -> None:
         if self._ledger is not None:

@@ -21,9 +21,9 @@ from typing import Final
 
 from gateway.accounts.model import TIERS, ApiKey
 from gateway.errors import Forbidden
-from gateway.policy.capabilities import DESCRIPTIONS, Capability
+from gateway.policy.capabilities import DESCRIPTIONS
 from gateway.policy.model import Policy
-from gateway.routing.decide import TIER_HEADER, Decision
+from gateway.routing.decide import TIER_HEADER, Decision, first_unserved, with_variant
 from gateway.routing.needs import NO_NEEDS, RequestNeeds
 from hybrid_common.protocol import Tier
 
@@ -40,7 +40,8 @@ def allowed_tiers(key: ApiKey | None) -> frozenset[Tier]:
 def restrict_to_key(
     decision: Decision, key: ApiKey | None, policy: Policy, needs: RequestNeeds = NO_NEEDS
 ) -> Decision:
-    """``decision`` on a tier ``key`` may use (see the module's docstring); raises
+    """``decision`` on a tier ``key`` may use (see the module's docstring), moved with that
+    tier's variant (:func:`~gateway.routing.decide.with_variant`); raises
     :class:`Forbidden` when there is none for this request."""
     if key is None or decision.tier in key.tiers:
         return decision
@@ -58,30 +59,21 @@ def restrict_to_key(
             param="model",
         )
     tier = next(tier for tier in TIERS if tier in key.tiers)
-    missing = _first_missing(policy, tier, needs)
+    missing = first_unserved(policy, tier, needs)
     if missing is not None:
         raise Forbidden(
             f"This API key may use the {allowed} tier only, which does not serve "
             f"{DESCRIPTIONS[missing]}.",
             param=needs.param(missing),
         )
-    return dataclasses.replace(
+    moved = dataclasses.replace(
         decision,
         tier=tier,
         reason=f"key allows {allowed} only (routed {decision.tier}: {decision.reason})",
         reason_kind=KEY_TIERS_REASON,
+        variant=None,  # the old tier's: the new tier's own variants apply
     )
-
-
-def _first_missing(policy: Policy, tier: Tier, needs: RequestNeeds) -> Capability | None:
-    """The first need no node of ``tier`` serves with all the others; None when one does."""
-    if not needs:
-        return None
-    nodes = policy.tiers[tier].nodes
-    if any(needs.first_missing(node.supports) is None for node in nodes):
-        return None
-    supported: frozenset[Capability] = frozenset().union(*(node.supports for node in nodes))
-    return needs.first_missing(supported) or needs.params[0][0]
+    return with_variant(policy, moved, needs)
 
 
 __all__ = ["ALL_TIERS", "KEY_TIERS_REASON", "allowed_tiers", "restrict_to_key"]

@@ -34,8 +34,15 @@ from typing import Final, Literal
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from gateway.accounts.errors import UsageStoreUnavailable
 from gateway.accounts.fields import is_key_id
-from gateway.accounts.layout import ANONYMOUS_ID, STATIC_ID, usage_ids_key, usage_key
+from gateway.accounts.layout import (
+    ANONYMOUS_ID,
+    STATIC_ID,
+    USAGE_COUNTERS,
+    usage_ids_key,
+    usage_key,
+)
 from gateway.accounts.store import record_key
 from gateway.accounts.usage_values import (
     ZERO,
@@ -47,8 +54,9 @@ from gateway.accounts.usage_values import (
     UsageReportJson,
     usd,
 )
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import InvalidRequest
 from gateway.redis_client import Client
+from hybrid_common.protocol import TIERS
 
 log = logging.getLogger("gateway.accounts")
 
@@ -58,29 +66,10 @@ BATCH: Final = 500
 """Commands per pipeline: bounds one round trip's reply (and memory) on long ranges."""
 READ_TIMEOUT_S: Final = 10.0
 """A whole report's deadline; a Redis that has not answered by then is down."""
-TIERS: Final = ("edge", "cloud")
-"""Always present in a report's ``tiers``, with zeros when unused."""
 RESERVED_IDS: Final = frozenset({STATIC_ID, ANONYMOUS_ID})
 """Ledger ids of traffic without a stored key (GATEWAY_API_KEYS, or no auth): their name
 is their id."""
 _DAY: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_COUNTERS: Final = frozenset(
-    {"requests", "prompt_tokens", "completion_tokens", "cost_nusd", "cloud_nusd"}
-)
-
-
-class UsageStoreUnavailable(GatewayError):
-    """Redis did not answer the ledger reads (down, or past the deadline)."""
-
-    status = 503
-    code = "usage_store_unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
 
 
 # ---------------------------------------------------------------------------- the checks
@@ -250,16 +239,14 @@ def _key_usage(
         day_total = sum(today.values(), ZERO)
         if day_total != ZERO:
             by_day.append(DayUsage(day=day, usage=day_total))
-    tiers: dict[str, Usage] = {tier: ZERO for tier in TIERS}
-    for (tier, _), usage in sorted(models.items()):
-        tiers[tier] = tiers.get(tier, ZERO) + usage
+    per_model = sorted(models.items())
+    tiers = _sum_tiers({tier: usage} for (tier, _), usage in per_model)
     return KeyUsage(
         key_id=key_id,
         key_name=name,
         tiers=tiers,
         models=tuple(
-            ModelUsage(tier=tier, model=model, usage=usage)
-            for (tier, model), usage in sorted(models.items())
+            ModelUsage(tier=tier, model=model, usage=usage) for (tier, model), usage in per_model
         ),
         days=tuple(by_day),
         total=sum(tiers.values(), ZERO),
@@ -277,7 +264,7 @@ def _parse_hash(
         tier, _, rest = name.partition("|")
         model, _, counter = rest.rpartition("|")  # a model name may itself hold "|"
         value = _int(raw_value)
-        if not tier or not model or counter not in _COUNTERS or value is None:
+        if not tier or not model or counter not in USAGE_COUNTERS or value is None:
             log.warning("usage: skipped field %r of %s", name, usage_key(key_id, day.isoformat()))
             continue
         counters[tier, model][counter] = value
@@ -295,6 +282,8 @@ def _int(raw: bytes) -> int | None:
 
 
 def _sum_tiers(all_tiers: Iterable[Mapping[str, Usage]]) -> dict[str, Usage]:
+    """Usage per tier, summed in order; every tier of :data:`TIERS` present (zeros when
+    unused)."""
     out: dict[str, Usage] = {tier: ZERO for tier in TIERS}
     for tiers in all_tiers:
         for tier, usage in tiers.items():

@@ -28,13 +28,12 @@ from aiohttp import web
 
 from gateway.accounts import codec, fields
 from gateway.accounts.directory import KeyDirectory
-from gateway.accounts.errors import KeyStoreDisabled
 from gateway.accounts.model import ApiKey
 from gateway.accounts.store import KEEP, KeyStore
 from gateway.errors import InvalidJSON, InvalidRequest
-from gateway.http.admin_auth import require_admin
+from gateway.http.admin_auth import require_admin, require_store
 from gateway.http.body import read_body
-from gateway.state import KEYS, SETTINGS
+from gateway.state import SETTINGS
 
 MAX_BODY_BYTES: Final = 64 * 1024
 _FIELDS: Final = ("name", "metadata", "rpm", "tpm", "budget", "tiers")
@@ -44,12 +43,7 @@ _FALSE: Final = frozenset({"false", "0", "no", ""})
 
 def _keys(request: web.Request) -> tuple[KeyStore, KeyDirectory]:
     require_admin(request)
-    directory = request.app[KEYS]
-    if directory.store is None:
-        raise KeyStoreDisabled(
-            "This gateway keeps no API keys: set GATEWAY_KEY_STORE=redis (and REDIS_URL)."
-        )
-    return directory.store, directory
+    return require_store(request, keeps="API keys")
 
 
 def _key_id(request: web.Request) -> str:

@@ -20,7 +20,7 @@ from gateway.http.relay import DONE_EVENT, error_event, sse_event
 from gateway.http.validation import parse_chat_request
 from gateway.metrics import GatewayMetrics
 from gateway.policy.model import Policy
-from gateway.routing.decide import Decision, RoutingRequest, with_variant
+from gateway.routing.decide import Decision, RoutingRequest
 from gateway.routing.fitted import decide_fitted
 from gateway.routing.needs import request_needs
 from gateway.sessions.conversation import Conversation
@@ -87,7 +87,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             classify.set_attributes(decision_attributes(decision, routing.classifier.name))
     key = request.get(API_KEY)
     decision = restrict_to_key(decision, key, policy, needs)  # a key's tiers (free plan: edge)
-    decision = with_variant(policy, decision, needs)  # the moved tier's variant, if it moved
     record_route(trace.get_current_span(), decision)
     metrics.route_decisions.labels(decision.tier, decision.reason_kind).inc()
     upstream_headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]}

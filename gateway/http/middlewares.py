@@ -3,7 +3,6 @@ become HTTP responses."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import secrets
@@ -18,6 +17,7 @@ from opentelemetry.util.types import AttributeValue
 from gateway.accounts.model import ApiKey
 from gateway.errors import GatewayError, Unauthorized
 from gateway.http.access import CHAT_ACCESS, access_fields
+from gateway.http.bearer import bearer_token, matching_key
 from gateway.logs import request_id_var
 from gateway.sessions.keys import owner_of_key
 from gateway.state import KEYS, METRICS, SETTINGS, TRACING
@@ -256,8 +256,8 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
     settings = request.app[SETTINGS]
     keys = settings.api_keys
     if (keys or settings.key_store) and not _unguarded(request.path):
-        token = _bearer(request.headers.get("Authorization", ""))
-        key = None if token is None else _static_key(token, keys)
+        token = bearer_token(request.headers.get("Authorization", ""))
+        key = None if token is None else matching_key(token, keys)
         if key is not None:
             request[CALLER] = owner_of_key(key)
         else:
@@ -278,35 +278,3 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
 
 def _unguarded(path: str) -> bool:
     return path in _PUBLIC_PATHS or path in _ADMIN_PATHS or path.startswith(_ADMIN_PREFIX)
-
-
-def _bearer(authorization: str) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` value; None for anything else."""
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip()
-
-
-def _static_key(token: str, keys: frozenset[str]) -> str | None:
-    """The configured key that a Bearer ``token`` presents.
-
-    Compared as bytes, in constant time, with every key (the time taken does not say which
-    one matched). A header that is not UTF-8 reaches here surrogate-escaped by aiohttp: it
-    is compared as the bytes it was, and is just a wrong key.
-    """
-    presented = _raw(token)
-    matched: str | None = None
-    for key in keys:
-        if hmac.compare_digest(presented, _raw(key)):
-            matched = key
-    return matched
-
-
-def _raw(text: str) -> bytes:
-    """``text`` as the bytes it was read from (headers and the environment are decoded as
-    UTF-8 with ``surrogateescape``); any other surrogate passes through, never raises."""
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass")

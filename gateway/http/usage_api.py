@@ -23,12 +23,9 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from gateway.accounts.errors import KeyStoreDisabled
 from gateway.accounts.usage import check_key_id, report_range, usage_report
 from gateway.errors import InvalidRequest
-from gateway.http.admin_auth import require_admin
-from gateway.redis_client import Client
-from gateway.state import KEYS, SETTINGS
+from gateway.http.admin_auth import require_admin, require_store
 
 _PARAMS = frozenset({"key_id", "period", "start", "end"})
 
@@ -53,19 +50,9 @@ async def get_usage(request: web.Request) -> web.Response:
     key_id = query.get("key_id")
     if key_id is not None:
         check_key_id(key_id)
-    report = await usage_report(_ledger(request), key_id=key_id, start=start, end=end)
+    store, _ = require_store(request, keeps="usage ledger")  # the ledger is in its Redis
+    report = await usage_report(store.redis, key_id=key_id, start=start, end=end)
     return web.json_response(report.to_json())
-
-
-def _ledger(request: web.Request) -> Client:
-    """The Redis client the ledger lives in: the key store's."""
-    directory = request.app.get(KEYS)
-    store = directory.store if directory is not None else None
-    if not request.app[SETTINGS].key_store or store is None:
-        raise KeyStoreDisabled(
-            "This gateway keeps no usage ledger: set GATEWAY_KEY_STORE=redis (and REDIS_URL)."
-        )
-    return store.redis
 
 
 def add_usage_routes(app: web.Application) -> None:

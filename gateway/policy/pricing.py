@@ -58,9 +58,6 @@ class PricingSpec:
     models: Mapping[str, Price] = field(default_factory=dict)
     """A served model's price (by its ``model`` name in ``tiers``), over its tier's."""
 
-    def tier(self, tier: Tier) -> Price:
-        return self.edge if tier == "edge" else self.cloud
-
     def price(self, tier: Tier, model: str | None) -> Price:
         """What a token of ``model`` on ``tier`` costs."""
         if model is not None and self.models:

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.policy.reader import PolicyReader
+from gateway.policy.reader import PolicyReader, join_key
 
 VARIANTS_KEY: Final = "variants"
 
@@ -51,7 +51,7 @@ def parse_variants(
     r: PolicyReader, m: Mapping[str, object], path: str, served: Sequence[str]
 ) -> tuple[VariantSpec, ...]:
     """``<path>.variants``; ``served`` are the models of the tier's nodes in the file."""
-    where = f"{path}.{VARIANTS_KEY}"
+    where = join_key(path, VARIANTS_KEY)
     items = r.listing(m, path, VARIANTS_KEY)
     variants: list[VariantSpec] = []
     for index, item in enumerate(items):

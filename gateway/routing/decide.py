@@ -170,8 +170,12 @@ def within_capabilities(policy: Policy, decision: Decision, needs: RequestNeeds)
         message = f"The model {decision.model!r} does not serve {DESCRIPTIONS[need]}."
     elif need is not None:
         message = f"No node of this gateway serves {DESCRIPTIONS[need]}."
-    elif pinned and decision.model is None and _serving(policy, other, None, needs):
-        need = needs.first_missing(_union(policy, decision.tier, None)) or needs.params[0][0]
+    elif (
+        pinned
+        and decision.model is None
+        and _serving(policy, other, None, needs)
+        and (need := first_unserved(policy, decision.tier, needs)) is not None
+    ):
         message = (
             f"The {decision.tier} tier ({decision.reason}) does not serve {DESCRIPTIONS[need]}; "
             f"the {other} tier does: send model auto or {other}."
@@ -189,8 +193,8 @@ def with_variant(policy: Policy, decision: Decision, needs: RequestNeeds) -> Dec
     """``decision`` sent to its tier's first variant whose ``score_below`` is above the
     score and that a node of the tier serves with all of ``needs``; the reason says which.
     Unchanged when the client pinned a served model; without a variant when none applies
-    (:mod:`gateway.policy.variants`). Idempotent, so a step that moves the decision to
-    another tier afterwards can apply it again."""
+    (:mod:`gateway.policy.variants`). Idempotent: applied again, it changes nothing (a
+    step that moves the decision to another tier clears ``variant`` and applies it again)."""
     if decision.model is not None:
         return decision
     score = decision.score
@@ -209,6 +213,15 @@ def with_variant(policy: Policy, decision: Decision, needs: RequestNeeds) -> Dec
             f"(score {score:.2f} {why})",
         )
     return dataclasses.replace(decision, variant=None) if decision.variant else decision
+
+
+def first_unserved(policy: Policy, tier: Tier, needs: RequestNeeds) -> Capability | None:
+    """The need to name when no node of ``tier`` serves all of ``needs``: the first that
+    none of its nodes has, else (each is served, but not all by one node) the first asked
+    for. None when some node of ``tier`` serves them all."""
+    if not needs or _serving(policy, tier, None, needs):
+        return None
+    return needs.first_missing(_union(policy, tier, None)) or needs.params[0][0]
 
 
 def _serving(policy: Policy, tier: Tier, model: str | None, needs: RequestNeeds) -> bool:

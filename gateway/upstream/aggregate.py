@@ -49,19 +49,15 @@ class CompletionBuilder:
         if isinstance(fingerprint, str):
             self.system_fingerprint = fingerprint
         choices = chunk.get("choices")
-        if type(choices) is list and len(choices) == 1:  # the common chunk, checked inline
+        if type(choices) is list and len(choices) == 1:  # the common chunk, spared a list
             raw = choices[0]
-            if type(raw) is dict and raw.get("index", 0) == 0 and not raw.get("logprobs"):
-                delta = raw.get("delta")
-                if not delta or (type(delta) is dict and _PLAIN_DELTA.issuperset(delta)):
-                    return  # text and finish reason only: the record has both
+            if type(raw) is dict and _record_covers(raw, raw.get("index", 0)):
+                return
         for raw in choices_of(chunk):
             index = raw.get("index", 0)
             index = index if isinstance(index, int) else 0
-            if index == 0 and not raw.get("logprobs"):
-                delta = raw.get("delta")
-                if not delta or (isinstance(delta, dict) and _PLAIN_DELTA.issuperset(delta)):
-                    continue  # text and finish reason only: the record has both
+            if _record_covers(raw, index):
+                continue
             choice = self.choices.get(index)
             if choice is None:
                 choice = self.choices[index] = _Choice()
@@ -124,6 +120,15 @@ class CompletionBuilder:
         # Only an upstream that names no model in any chunk leaves ``model`` unknown.
         complete_spec_fields(body, model=model or UNKNOWN_MODEL)
         return body
+
+
+def _record_covers(raw: dict[str, object], index: object) -> bool:
+    """The record holds everything this choice says: it is choice 0, without logprobs,
+    and its delta has at most a role and text (its finish reason is the record's too)."""
+    if index != 0 or raw.get("logprobs"):
+        return False
+    delta = raw.get("delta")
+    return not delta or (isinstance(delta, dict) and _PLAIN_DELTA.issuperset(delta))
 
 
 def _add_delta(choice: _Choice, delta: dict[str, object], fields: tuple[str, ...]) -> None:

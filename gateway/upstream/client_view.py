@@ -25,26 +25,25 @@ class ClientView:
         self.show_usage = show_usage
         """Whether the client asked to see usage; it is recorded either way."""
         self._guard: RepeatGuard | None = None
-        self._first_attempt = True
-        """No continuation yet: events pass as they came."""
 
     def continuing(self, *, trim_repeats: bool) -> None:
-        """A continuation took over; ``trim_repeats`` when it was asked in words (it may
-        start by repeating the text so far)."""
+        """A continuation took over (its attempt already in the record, which is what
+        :meth:`event` goes by); ``trim_repeats`` when it was asked in words (it may start
+        by repeating the text so far)."""
         self._guard = RepeatGuard(self.record.content) if trim_repeats else None
-        self._first_attempt = False
 
     def event(self, event: Event, content: str) -> Event | None:
         """The event as the client gets it (None: nothing to send). ``content`` is the
         event's text, which joins the answer's unless it repeats it."""
         chunk = event.chunk
         record = self.record
-        if self._first_attempt and "usage" not in chunk:  # nearly every event: as it came
+        continued = record.continued
+        if not continued and "usage" not in chunk:  # nearly every event: as it came
             if content:
                 record.text.append(content)
             return event
         rewritten: Chunk | None = None
-        if not record.continued:
+        if not continued:
             if content:
                 record.text.append(content)
         else:
@@ -52,7 +51,7 @@ class ClientView:
             if rewritten is None:
                 return None
         if "usage" in chunk:  # null on every chunk but the last, from nodes such as vLLM
-            if record.continued and chunk["usage"] is not None:
+            if continued and chunk["usage"] is not None:
                 rewritten = {**(rewritten or chunk), "usage": record.total_usage()}
             if not self.show_usage:
                 kept = rewritten or chunk

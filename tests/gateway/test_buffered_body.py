@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -35,12 +35,12 @@ async def _whole_body_buffered(response: aiohttp.ClientResponse) -> None:
 
 @pytest.mark.parametrize("take", [take_buffered, aiohttp.StreamReader.read_nowait])
 async def test_every_buffered_chunk_comes_out_at_once_and_the_reader_is_left_at_the_end(
-    server: TestServer, take: object
+    server: TestServer, take: Callable[[aiohttp.StreamReader], bytes]
 ) -> None:
     async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
         await _whole_body_buffered(r)
         assert r.content.total_bytes == sum(map(len, CHUNKS))
-        assert take(r.content) == b"".join(CHUNKS)  # type: ignore[operator]
+        assert take(r.content) == b"".join(CHUNKS)
         assert r.content.at_eof()
         assert take_buffered(r.content) == b""
         assert await r.content.read() == b""
