@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.event_loop import EVENT_LOOPS, EventLoopKind
 from gateway.logs import LOG_FORMATS, LogFormat
 from gateway.policy.model import NodeSpec
 from gateway.telemetry import TracingConfig, tracing_config_from_env
@@ -65,6 +66,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     """GATEWAY_LOG_FORMAT: ``json`` (one object per line) or ``text``."""
+    event_loop: EventLoopKind = "auto"
+    """GATEWAY_EVENT_LOOP: ``auto`` (uvloop where installed), ``uvloop`` or ``asyncio``."""
     tracing: TracingConfig = field(default_factory=TracingConfig)
     """The standard OTEL_* variables and GATEWAY_TRACE_CONTENT; off by default."""
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -93,6 +96,12 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     log_format = env.get("GATEWAY_LOG_FORMAT", "json").strip().lower() or "json"
     if log_format not in LOG_FORMATS:
         raise SettingsError(f"GATEWAY_LOG_FORMAT must be json or text, got {log_format!r}")
+    loop_text = env.get("GATEWAY_EVENT_LOOP", "auto").strip().lower() or "auto"
+    event_loop = next((kind for kind in EVENT_LOOPS if kind == loop_text), None)
+    if event_loop is None:
+        raise SettingsError(
+            f"GATEWAY_EVENT_LOOP must be auto, uvloop or asyncio, got {loop_text!r}"
+        )
     try:
         tracing = tracing_config_from_env(
             env,
@@ -119,6 +128,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         admin_key=env.get("GATEWAY_ADMIN_KEY", "").strip() or None,
         log_level=env.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
         log_format="text" if log_format == "text" else "json",
+        event_loop=event_loop,
         tracing=tracing,
         connections=connection_limits_from_env(env),
     )

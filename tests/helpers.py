@@ -341,6 +341,19 @@ class ServeProcess:
     returncode: int | None = None
 
 
+def shipped_policy_env(edge_url: str, edge_model: str, cloud_model: str) -> dict[str, str]:
+    """``serve``'s environment for the shipped policy with its edge node at ``edge_url``
+    (serving ``edge_model``) and its cloud node on a port nothing listens on."""
+    from tests.scripted import unused_port
+
+    return {
+        "GATEWAY_PORT": str(unused_port()),
+        "GATEWAY_POLICY": str(REPO_ROOT / "policies" / "default.yaml"),
+        "GATEWAY_EDGE_URLS": f"{edge_url}={edge_model}",
+        "GATEWAY_CLOUD_URLS": f"http://127.0.0.1:{unused_port()}={cloud_model}",
+    }
+
+
 @asynccontextmanager
 async def serve_process(env: Mapping[str, str], *args: str) -> AsyncIterator[ServeProcess]:
     """``python -m gateway serve ARGS`` in a process of its own with ``env`` over this

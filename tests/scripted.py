@@ -65,6 +65,10 @@ class Script:
     """With usage asked for, send ``"usage": null`` on every other chunk, as vLLM does."""
     compact_json: bool = False
     """Encode events compactly (``{"a":1}``), as vLLM and the edge node do."""
+    utf8_json: bool = False
+    """Write text outside ASCII as UTF-8, not as ``\\u`` escapes (as vLLM does)."""
+    done_delay_s: float = 0.0
+    """Wait this long after the usage before ``[DONE]`` and the end of the body."""
 
 
 @dataclass(slots=True)
@@ -74,6 +78,8 @@ class Seen:
     headers: dict[str, str]
     disconnected_at: float | None = None
     """When the gateway closed the connection while this request was still being served."""
+    peer: object = None
+    """The gateway's end of the connection (host, port): the same for a reused connection."""
 
 
 SEEN: web.RequestKey[Seen] = web.RequestKey("scripted_seen", Seen)
@@ -135,6 +141,7 @@ class ScriptedUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         seen = Seen(body=body, at=time.monotonic(), headers=dict(request.headers))
+        seen.peer = request.transport.get_extra_info("peername") if request.transport else None
         self.seen.append(seen)
         request[SEEN] = seen
         script = self.queue.pop(0) if self.queue else self.script
@@ -224,6 +231,7 @@ class ScriptedUpstream:
             await response.write(_event(usage_chunk, script))
         if script.behaviour == "no_done_hold":
             await asyncio.sleep(3600)
+        await asyncio.sleep(script.done_delay_s)
         if script.behaviour != "no_done":
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -245,7 +253,8 @@ class ScriptedUpstream:
 
 def _event(chunk: dict[str, object], script: Script) -> bytes:
     separators = (",", ":") if script.compact_json else (", ", ": ")
-    return b"data: " + json.dumps(chunk, separators=separators).encode() + b"\n\n"
+    encoded = json.dumps(chunk, separators=separators, ensure_ascii=not script.utf8_json)
+    return b"data: " + encoded.encode() + b"\n\n"
 
 
 def _echo(body: dict[str, object]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.app import MAX_UPSTREAM_CONNECTIONS, create_app
+from gateway.event_loop import EventLoopUnavailable, choose_event_loop
 from gateway.http.connections import GuardedRunner
 from gateway.logs import configure_logging
 from gateway.policy.errors import PolicyError
@@ -52,10 +53,16 @@ def main(argv: Sequence[str]) -> int:
         tree: frozenset[Exporter] = frozenset({"console-tree"})
         exporters = settings.tracing.exporters | tree
         settings = replace(settings, tracing=replace(settings.tracing, exporters=exporters))
+    try:
+        loop = choose_event_loop(settings.event_loop)
+    except EventLoopUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # GATEWAY_LOG_FORMAT: JSON lines (request_id, trace_id on each) by default, or text.
     configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=loop.factory) as runner:
+            runner.run(_serve(settings, loop.name))
     except PolicyError as exc:
         print(f"error: invalid policy: {exc}", file=sys.stderr)
         return 2
@@ -65,14 +72,15 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-async def _serve(settings) -> None:  # type: ignore[no-untyped-def]
+async def _serve(settings, loop_name: str) -> None:  # type: ignore[no-untyped-def]
     app = await create_app(settings)
     runner, _ = await start_server(app, settings)
     log.info(
-        "gateway listening on http://%s:%d (policy %s)",
+        "gateway listening on http://%s:%d (policy %s, event loop %s)",
         settings.host,
         settings.port,
         settings.policy_path,
+        loop_name,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

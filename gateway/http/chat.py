@@ -151,9 +151,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             )
 
 
-@dataclass(slots=True, frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class _Routed:
-    """A routed chat request: what answering it and reporting on it need."""
+    """A routed chat request: what answering it and reporting on it need. Not changed
+    once made (not frozen: a frozen dataclass costs several times as much to make, and
+    this one is made for every request)."""
 
     forwarder: Forwarder
     metrics: GatewayMetrics

@@ -40,7 +40,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 
@@ -142,9 +142,11 @@ class GuardedRequestHandler(GatewayRequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._admitted:
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(_too_many_connections())
-            transport.close()  # after the write is flushed; aiohttp never sees it
+            # A stream transport, though not an asyncio.Transport subclass on uvloop (its
+            # transports only behave as one): no isinstance check.
+            stream = cast(asyncio.Transport, transport)
+            stream.write(_too_many_connections())
+            stream.close()  # after the write is flushed; aiohttp never sees it
             return
         super().connection_made(transport)
         self._arm_header_deadline()

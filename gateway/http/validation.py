@@ -15,6 +15,8 @@ import math
 import re
 from typing import Final, cast
 
+import orjson
+
 from gateway.errors import InvalidJSON, InvalidRequest
 from gateway.text import has_lone_surrogate
 from hybrid_common.messages import checked_messages
@@ -48,18 +50,23 @@ def parse_chat_request(raw: bytes, *, default_model: str | None = None) -> ChatC
     """
     if not raw.strip():
         raise InvalidJSON("The request body is empty; expected a JSON object.")
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidJSON(f"The request body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:  # far deeper than MAX_DEPTH: too deep to even parse
-        raise InvalidRequest(
-            f"The request body is nested too deeply: at most {MAX_DEPTH} levels are allowed"
-            f"{_where_too_deep(raw)}."
-        ) from exc
+    body: object
+    checked = False
+    if _LONG_NUMBER.search(raw) is None:
+        # orjson refuses all that the value checks look for (text that UTF-8 cannot
+        # encode, numbers that are not finite): what it parses needs only the depth
+        # check, which a body with few brackets passes by counting them.
+        try:
+            body = orjson.loads(raw)
+            checked = raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH
+        except orjson.JSONDecodeError:
+            body = _parse_leniently(raw)  # for the standard parser's error, or the checks
+    else:
+        body = _parse_leniently(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    _check_values(body)
+    if not checked:
+        _check_values(body)
     model = body.get("model")
     if model is None:
         if default_model is None:
@@ -106,6 +113,23 @@ def parse_chat_request(raw: bytes, *, default_model: str | None = None) -> ChatC
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("user must be a string.", param="user")
     return cast(ChatCompletionRequest, body)
+
+
+_LONG_NUMBER = re.compile(rb"[0-9]{20}")
+"""Twenty digits in a row: maybe an integer past 64 bits, which orjson would turn into a
+float (the standard parser keeps it exact, as a body passed on must)."""
+
+
+def _parse_leniently(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # far deeper than MAX_DEPTH: too deep to even parse
+        raise InvalidRequest(
+            f"The request body is nested too deeply: at most {MAX_DEPTH} levels are allowed"
+            f"{_where_too_deep(raw)}."
+        ) from exc
 
 
 class _Unusable(Exception):

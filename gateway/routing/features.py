@@ -268,7 +268,8 @@ def _max_tokens_octaves(max_tokens: int | None) -> float:
 
 
 def _choice_features(window: str) -> tuple[float, float, float]:
-    lengths = [len(m.group(2)) for m in _CHOICE_LINE.finditer(window)]
+    # Two option lines need a line break between them: most prompts are spared the regex.
+    lengths = [len(m.group(2)) for m in _CHOICE_LINE.finditer(window)] if "\n" in window else []
     if len(lengths) < 2:
         # Not a multiple-choice prompt: "not applicable", not "zero options". The training
         # prompts all have options, so a zero would sit far outside anything the model saw.

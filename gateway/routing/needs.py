@@ -89,7 +89,7 @@ def request_needs(body: Mapping[str, object]) -> RequestNeeds:
             kind = part.get("type") if isinstance(part, dict) else None
             if isinstance(kind, str) and kind in _PART_NEEDS:
                 need(_PART_NEEDS[kind], f"messages[{index}].content[{part_index}]")
-    return RequestNeeds(params=tuple(found.items()))
+    return RequestNeeds(params=tuple(found.items())) if found else NO_NEEDS
 
 
 def _tool_choice_need(tools: object, choice: object) -> Capability | None:

@@ -36,6 +36,7 @@ from gateway.upstream.continuation import continue_elsewhere, why_not_continue
 from gateway.upstream.forward import AttemptPlan, Failure, Forwarder
 from gateway.upstream.pool import Lease, Node
 from gateway.upstream.sse import DONE, DeadlineReached
+from gateway.upstream.text_deltas import TextDelta, text_only
 from gateway.upstream.usage_estimate import estimate_usage
 
 log = logging.getLogger("gateway.continuation")
@@ -67,6 +68,7 @@ class AnswerStream:
         upstream: UpstreamStream,
         deadline: float,
         show_usage: bool,
+        text_events: bool = True,
     ) -> None:
         self.forwarder = forwarder
         self.policy = policy
@@ -81,6 +83,12 @@ class AnswerStream:
         self._pending: collections.deque[Event] = collections.deque()
         self._ended = False
         self._view = ClientView(record, show_usage=show_usage)
+        self._text_events = text_events
+        """False: chunks read by their bytes (:mod:`gateway.upstream.text_deltas`) are kept
+        in the record only; a non-streamed answer is assembled from the record's text."""
+        self._text_delta: TextDelta | None = None
+        self._learn_text_delta = True
+        """Whether the current attempt's text template is still to be learned (once)."""
         self._broken_nodes: set[str] = set()
         self._break: tuple[str, UpstreamError | None] | None = None
         """A break noticed but not yet handled: continuing means waiting on a node, which
@@ -97,6 +105,7 @@ class AnswerStream:
         *,
         deadline: float,
         show_usage: bool,
+        text_events: bool = True,
     ) -> AnswerStream:
         """Start the answer: fallback before the first token happens here."""
         plan = with_usage_requested(plan)
@@ -112,6 +121,7 @@ class AnswerStream:
             upstream=upstream,
             deadline=deadline,
             show_usage=show_usage,
+            text_events=text_events,
         )
 
     def detach_lease(self) -> Lease:
@@ -138,8 +148,11 @@ class AnswerStream:
     def take_ready(self) -> list[Event]:
         """The events that can be had without waiting on any node (maybe none): a relay
         passes on what has arrived in one write. :meth:`next` goes on from there."""
-        while not self._ended and self._break is None and self._take_buffered():
-            pass
+        while self._head and not self._ended and self._break is None:
+            self._take(self._head.popleft())
+        upstream = self._upstream
+        if upstream is not None and not self._ended and self._break is None:
+            self._take_all(upstream.take_arrived())  # a whole buffered answer at once
         ready = list(self._pending)
         self._pending.clear()
         return ready
@@ -192,9 +205,41 @@ class AnswerStream:
             return
         self._take(data)
 
+    def _take_all(self, payloads: list[bytes]) -> None:
+        """Take payloads of the current attempt in order, up to its end or a break: each
+        run of chunks that only carry text (nearly all) at once, through its template."""
+        attempt, at, count = self.record.current, 0, len(payloads)
+        while at < count:
+            template = self._text_delta
+            texts = template.texts_of(payloads, at) if template is not None else []
+            if template is not None and texts:
+                # All else these chunks say, an earlier one of this attempt said (what
+                # observe() would note): one more output chunk each.
+                attempt.output_chunks += len(texts)
+                if self._text_events:
+                    for data, text in zip(payloads[at : at + len(texts)], texts, strict=True):
+                        out = self._view.event(template.event(data, text), text)
+                        if out is not None:
+                            self._pending.append(out)
+                else:
+                    self._view.add_text(texts)
+                at += len(texts)
+                continue
+            self._take_parsed(payloads[at])
+            if self._ended or self._break is not None:
+                return  # what follows the end, or a break, goes with that node's stream
+            at += 1
+
     def _take(self, item: Event | bytes | None) -> None:
         """Take one event of the current attempt: parsed, its payload, or None for the
         end of the stream."""
+        if type(item) is bytes:
+            self._take_all([item])
+        else:
+            self._take_parsed(item)
+
+    def _take_parsed(self, item: Event | bytes | None) -> None:
+        """:meth:`_take` for what no template reads: parsed in full."""
         attempt = self.record.current
         if item is None or item == DONE:
             if attempt.finished:
@@ -216,6 +261,11 @@ class AnswerStream:
             self._pending.append(out)
         if attempt.finished and attempt.usage is not None:
             self._finish()  # all an answer has; no need to wait for [DONE]
+        elif content and self._learn_text_delta and not self.record.continued:
+            text = text_only(event.chunk)
+            if text is not None:
+                self._text_delta = TextDelta.learn(event, text)
+                self._learn_text_delta = False
 
     def _finish(self) -> None:
         record = self.record
@@ -292,6 +342,7 @@ class AnswerStream:
             return
         self.lease, self._upstream, self.node = taken.lease, taken.upstream, taken.lease.node
         self._head = collections.deque(taken.upstream.head)
+        self._text_delta, self._learn_text_delta = None, False  # a continuation is rewritten
         self.record.start_attempt(self.node.tier, self.node.name, taken.form)
         self._view.continuing(trim_repeats=taken.form == "prompt")
 

@@ -48,9 +48,9 @@ def parse_event(data: bytes) -> Event | None:
         # orjson refuses lone surrogates (and NaN, deep nesting, ...); the standard
         # parser takes what JSON allows, and the text is repaired below.
         return _parse_leniently(data)
-    if not isinstance(parsed, dict):
+    if type(parsed) is not dict:
         return None
-    return Event(cast(Chunk, parsed), data)  # orjson's strings are valid UTF-8 already
+    return Event(parsed, data)  # orjson's strings are valid UTF-8 already
 
 
 def _parse_leniently(data: bytes) -> Event | None:

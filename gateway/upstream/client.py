@@ -59,6 +59,10 @@ class UpstreamStream:
         """The next event's payload, which :meth:`buffered` said has arrived."""
         return self.events.next_nowait()
 
+    def take_arrived(self) -> list[bytes]:
+        """The payloads of every event that has arrived already (maybe none)."""
+        return self.events.take_arrived()
+
     async def next_data(self, *, deadline: float | None = None) -> bytes | None:
         """The next event's payload (``DONE`` included); None at the end of the body.
         Raises :class:`UpstreamError` when the transport fails or the node stalls, and

@@ -66,6 +66,11 @@ class ClientView:
             return event
         return Event(rewritten, dump_chunk(rewritten))
 
+    def add_text(self, pieces: list[str]) -> None:
+        """Text of the first attempt that is not relayed as events (a non-streamed answer
+        is assembled from the record)."""
+        self.record.text.extend(pieces)
+
     def usage_event(self) -> Event | None:
         """A usage-only chunk for the whole answer, when the client asked for usage and
         the last node never sent any (its share estimated)."""

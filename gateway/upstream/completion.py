@@ -64,10 +64,10 @@ async def complete_answer(
             attempt.model = model if isinstance(model, str) else None
             attempt.response_id = answer_id if isinstance(answer_id, str) else None
         return Completed(lease=lease, payload=payload, body=body)
-    # The assembler takes usage from the record and ignores it in chunks: letting it
-    # through spares stripping it from each chunk that carries it.
+    # The assembler takes usage and text from the record and ignores them in chunks:
+    # letting usage through spares stripping it, and text-only chunks need not be events.
     answer = await AnswerStream.open(
-        forwarder, policy, plan, record, deadline=deadline, show_usage=True
+        forwarder, policy, plan, record, deadline=deadline, show_usage=True, text_events=False
     )
     try:
         builder = CompletionBuilder(record)

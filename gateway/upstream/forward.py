@@ -66,7 +66,8 @@ class AttemptPlan:
     headers: Mapping[str, str] = field(default_factory=dict)
     for_tier: Callable[[Tier, ChatCompletionRequest], ChatCompletionRequest] | None = None
     """Rewrites the body for the tier of the node about to be tried (session context
-    fitting: each tier has its own window, so a fallback gets a body of its own)."""
+    fitting: each tier has its own window, so a fallback gets a body of its own); returns
+    a new dict each call, which :meth:`encode_for` may change."""
     needs: frozenset[Capability] = frozenset()
     """Only nodes that support all of these are asked, on either tier."""
     allowed_tiers: frozenset[Tier] = frozenset(TIERS)
@@ -98,7 +99,7 @@ class AttemptPlan:
 
     def encode_for(self, node: Node) -> bytes:
         """The client's body, unknown fields untouched, asking for the node's own model."""
-        body = dict(self.body if self.for_tier is None else self.for_tier(node.tier, self.body))
+        body = {**self.body} if self.for_tier is None else self.for_tier(node.tier, self.body)
         body["model"] = node.spec.model
         return dumps(body)
 

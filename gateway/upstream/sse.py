@@ -63,6 +63,13 @@ class SseReader:
         """The next event's data, which :meth:`buffered` said has arrived."""
         return self._events.popleft()
 
+    def take_arrived(self) -> list[bytes]:
+        """The data of every event that has arrived already, in order (maybe none): a
+        reader of a whole buffered answer takes it in one call, not one per event."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
     async def next(self, *, deadline: float | None = None) -> bytes | None:
         """The next event's data; None at the end of the stream. A wait that reaches
         ``deadline`` (event-loop time) before ``idle_s`` raises :class:`DeadlineReached`."""
@@ -103,10 +110,23 @@ class SseReader:
         if b"\r" in text:
             # CRLF line ends; a CR split from its LF stays in the tail until the LF comes.
             text = text.replace(b"\r\n", b"\n")
+        if text.startswith(b"data: ") and text.endswith(b"\n\n"):
+            # Nearly every block: whole events of one ``data:`` line each, split in one go
+            # (the count proves that every line break is one of the separators).
+            payloads = text[6:-2].split(b"\n\ndata: ")
+            if text.count(b"\n") == 2 * len(payloads):
+                self._tail, self._pending = b"", 0
+                self._events.extend(payloads)
+                return
         events = text.split(b"\n\n")
         self._tail = events.pop()
         self._pending = len(self._tail)
         self._check_size()
+        # Nearly every event is one ``data:`` line: those in one pass, the rest line by line.
+        payloads = [e[6:] for e in events if e[:6] == b"data: " and b"\n" not in e]
+        if len(payloads) == len(events):
+            self._events.extend(payloads)
+            return
         for event in events:
             self._event(event)
 
@@ -118,9 +138,6 @@ class SseReader:
 
     def _event(self, raw: bytes) -> None:
         """One event's lines (its closing blank line removed)."""
-        if raw.startswith(b"data: ") and b"\n" not in raw:
-            self._events.append(raw[6:])  # nearly every event: one data line
-            return
         data = [
             line[6:] if line.startswith(b"data: ") else line[5:]
             for line in raw.split(b"\n")

@@ -349,6 +349,18 @@ async def test_values_at_the_limits_are_served(gateway, body: bytes) -> None:
     assert edge.calls == 1
 
 
+@pytest.mark.parametrize("seed", [2**63 - 1, 2**64 - 1, 2**70 + 1, -(2**65) - 1])
+async def test_integers_a_node_is_passed_stay_exact_however_long(gateway, seed: int) -> None:
+    """The gateway parses bodies with orjson unless a number could be past 64 bits, which
+    orjson would turn into a float: the node gets the client's own integer."""
+    gateway, edge = gateway
+    status, _ = await post(gateway, escaped(chat(seed=seed, metadata={"id": seed})))
+    assert status == 200
+    seen = edge.seen[0].body
+    assert seen["seed"] == seed and seen["metadata"] == {"id": seed}
+    assert type(seen["seed"]) is int  # not a float that happens to compare equal
+
+
 async def post(gateway, body: bytes, **headers: str) -> tuple[int, dict[str, object]]:
     async with (
         aiohttp.ClientSession(auto_decompress=False) as session,

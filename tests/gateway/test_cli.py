@@ -6,7 +6,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import run_cli, serve_process
+from tests.helpers import run_cli, serve_process, shipped_policy_env
 from tests.scripted import unused_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,12 +49,7 @@ def test_serve_rejects_a_bad_node_list() -> None:
 
 async def test_serve_uses_environment_overrides(upstreams) -> None:
     edge = await upstreams("env-edge-model")
-    env = {
-        "GATEWAY_PORT": str(unused_port()),
-        "GATEWAY_POLICY": str(ROOT / "policies" / "default.yaml"),
-        "GATEWAY_EDGE_URLS": f"{edge.url}=env-edge-model",
-        "GATEWAY_CLOUD_URLS": f"http://127.0.0.1:{unused_port()}=env-cloud-model",
-    }
+    env = shipped_policy_env(edge.url, "env-edge-model", "env-cloud-model")
     async with serve_process(env) as served, aiohttp.ClientSession() as session:
         async with session.get(served.url + "/v1/models") as response:
             models = [m["id"] for m in (await response.json())["data"]]

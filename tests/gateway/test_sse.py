@@ -60,6 +60,21 @@ async def test_buffered_says_when_the_next_event_is_in() -> None:
         await server.close()
 
 
+async def test_take_arrived_hands_over_every_event_in_at_once() -> None:
+    block = b"data: 1\n\n: note\n\ndata: 2\ndata: 3\n\ndata: 4\n\ndata: 5"
+    server = await serve_sse_blocks([block], hold_s=0.5)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
+            reader = SseReader(r.content, idle_s=2.0)
+            assert reader.take_arrived() == []  # nothing read yet
+            assert await reader.next() == b"1"
+            # The rest of the block, in order; "5" has no blank line yet, so it waits.
+            assert reader.take_arrived() == [b"2\n3", b"4"]
+            assert reader.take_arrived() == [] and not reader.buffered()
+    finally:
+        await server.close()
+
+
 async def test_a_stall_is_a_timeout_and_the_callers_deadline_is_its_own() -> None:
     server = await serve_sse_blocks([b"data: 1\n\n"], hold_s=2.0)
     try:

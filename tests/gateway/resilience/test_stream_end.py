@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from gateway.upstream.client import DRAIN_S
 from tests.gateway.resilience.conftest import SIMPLE, TEXT, raw_stream
 from tests.helpers import eventually, sdk
 from tests.scripted import Script
@@ -43,6 +44,31 @@ async def test_a_complete_non_streaming_answer_without_done_is_prompt(two_tiers)
     assert time.monotonic() - started < 1.5
     assert completion.choices[0].message.content == TEXT
     assert completion.usage is not None and completion.usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("done_delay_s", [0.05, 1.0])
+async def test_a_finished_answer_keeps_its_connection_unless_the_node_holds_the_body(
+    two_tiers, done_delay_s
+) -> None:
+    """The answer is sent at its usage; the node's [DONE] and end of body may come later.
+    Within DRAIN_S (0.25 s) the connection goes back to the pool and the next request
+    reuses it; a body held open longer costs the connection."""
+    edge, _, gateway = await two_tiers(timeouts=SLOW_IDLE)
+    edge.script = Script(done_delay_s=done_delay_s)
+    async with sdk(gateway) as client:
+        first = await client.chat.completions.create(model="auto", messages=SIMPLE)
+        assert first.choices[0].message.content == TEXT
+        if done_delay_s < DRAIN_S:
+            await eventually(lambda: edge.in_flight == 0, 2.0, "the node sent the whole body")
+        else:
+            await eventually(
+                lambda: edge.seen[0].disconnected_at is not None, 2.0, "the gateway hung up"
+            )
+        second = await client.chat.completions.create(model="auto", messages=SIMPLE)
+        assert second.choices[0].message.content == TEXT
+    reused = edge.seen[1].peer == edge.seen[0].peer
+    assert reused == (done_delay_s < DRAIN_S)
+    assert (edge.seen[0].disconnected_at is None) == (done_delay_s < DRAIN_S)
 
 
 async def test_usage_is_hidden_from_a_client_that_did_not_ask(two_tiers) -> None:
