@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -61,11 +62,34 @@ def test_serve_refuses_an_unknown_event_loop() -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(("setting", "expected"), [("auto", "uvloop"), ("asyncio", "asyncio")])
-async def test_serve_answers_on_the_loop_it_names(upstreams, setting: str, expected: str) -> None:
+def _shadow_without_uvloop(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process on a machine where uvloop does not import."""
+    shadow = tmp_path / "uvloop"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text('raise ImportError("no uvloop on this machine")\n')
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_serve_asked_for_uvloop_without_it_stops_with_the_reason(tmp_path: Path) -> None:
+    env = {**_shadow_without_uvloop(tmp_path), "GATEWAY_EVENT_LOOP": "uvloop"}
+    result = run_cli("serve", env={**env, "GATEWAY_PORT": "0"})
+    assert result.returncode == 2
+    assert "GATEWAY_EVENT_LOOP=uvloop, but uvloop is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "uvloop_installed", "expected"),
+    [("auto", True, "uvloop"), ("asyncio", True, "asyncio"), ("auto", False, "asyncio")],
+)
+async def test_serve_answers_on_the_loop_it_names(
+    upstreams, tmp_path: Path, setting: str, uvloop_installed: bool, expected: str
+) -> None:
     edge = await upstreams("loop-edge-model")
     env = shipped_policy_env(edge.url, "loop-edge-model", "loop-cloud-model")
     env["GATEWAY_EVENT_LOOP"] = setting
+    if not uvloop_installed:
+        env.update(_shadow_without_uvloop(tmp_path))
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     async with serve_process(env) as served, aiohttp.ClientSession() as session:
         async with session.post(served.url + "/v1/chat/completions", json=body) as response:
