@@ -13,7 +13,6 @@ uvloop (libuv underneath) does the gateway's socket and timer work in C: in
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -37,7 +36,7 @@ class EventLoop:
 def choose_event_loop(kind: EventLoopKind) -> EventLoop:
     if kind != "asyncio":
         try:
-            uvloop = importlib.import_module("uvloop")
+            import uvloop
         except ImportError:
             if kind == "uvloop":
                 raise EventLoopUnavailable(

@@ -148,11 +148,8 @@ class AnswerStream:
     def take_ready(self) -> list[Event]:
         """The events that can be had without waiting on any node (maybe none): a relay
         passes on what has arrived in one write. :meth:`next` goes on from there."""
-        while self._head and not self._ended and self._break is None:
-            self._take(self._head.popleft())
-        upstream = self._upstream
-        if upstream is not None and not self._ended and self._break is None:
-            self._take_all(upstream.take_arrived())  # a whole buffered answer at once
+        while not self._ended and self._break is None and self._take_buffered():
+            pass
         ready = list(self._pending)
         self._pending.clear()
         return ready
@@ -172,14 +169,14 @@ class AnswerStream:
     # -- reading -------------------------------------------------------------------
 
     def _take_buffered(self) -> bool:
-        """Take the next event if it has arrived already; whether there was one."""
+        """Take what has arrived already; whether there was anything."""
         if self._head:
             self._take(self._head.popleft())  # parsed when the first token was awaited
             return True
-        upstream = self._upstream
-        if upstream is None or not upstream.buffered():
+        arrived = self._upstream.take_arrived() if self._upstream is not None else []
+        if not arrived:
             return False
-        self._take(upstream.next_nowait())
+        self._take_all(arrived)
         return True
 
     async def _pull(self) -> None:

@@ -51,14 +51,6 @@ class UpstreamStream:
     attempt: AttemptSpan = NO_ATTEMPT
     """This attempt's span; whoever reads the stream records how it ended."""
 
-    def buffered(self) -> bool:
-        """Whether :meth:`next_data` returns without waiting for the node."""
-        return self.events.buffered()
-
-    def next_nowait(self) -> bytes:
-        """The next event's payload, which :meth:`buffered` said has arrived."""
-        return self.events.next_nowait()
-
     def take_arrived(self) -> list[bytes]:
         """The payloads of every event that has arrived already (maybe none)."""
         return self.events.take_arrived()

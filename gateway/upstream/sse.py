@@ -3,8 +3,8 @@
 The reader takes whatever bytes have arrived in one go and splits them into events
 itself: a node that sends twenty events in one TCP segment costs one read
 (:func:`~gateway.upstream.buffered_body.take_buffered`), not forty ``readline`` calls each
-under its own timeout. :meth:`SseReader.buffered` tells whether the next event is already
-in, so a relay can pass several on in one write.
+under its own timeout. :meth:`SseReader.take_arrived` hands over every event already in,
+so a relay can pass several on in one write.
 """
 
 from __future__ import annotations
@@ -54,14 +54,6 @@ class SseReader:
         self._pending = 0
         """The bytes in the tail and the pieces."""
         self._ended = False
-
-    def buffered(self) -> bool:
-        """Whether the next event has arrived already (:meth:`next` will not wait)."""
-        return bool(self._events)
-
-    def next_nowait(self) -> bytes:
-        """The next event's data, which :meth:`buffered` said has arrived."""
-        return self._events.popleft()
 
     def take_arrived(self) -> list[bytes]:
         """The data of every event that has arrived already, in order (maybe none): a
@@ -122,11 +114,6 @@ class SseReader:
         self._tail = events.pop()
         self._pending = len(self._tail)
         self._check_size()
-        # Nearly every event is one ``data:`` line: those in one pass, the rest line by line.
-        payloads = [e[6:] for e in events if e[:6] == b"data: " and b"\n" not in e]
-        if len(payloads) == len(events):
-            self._events.extend(payloads)
-            return
         for event in events:
             self._event(event)
 
@@ -138,6 +125,9 @@ class SseReader:
 
     def _event(self, raw: bytes) -> None:
         """One event's lines (its closing blank line removed)."""
+        if raw.startswith(b"data: ") and b"\n" not in raw:
+            self._events.append(raw[6:])  # nearly every event: one data line
+            return
         data = [
             line[6:] if line.startswith(b"data: ") else line[5:]
             for line in raw.split(b"\n")

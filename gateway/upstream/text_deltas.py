@@ -76,11 +76,6 @@ class TextDelta:
             return None
         return template
 
-    def text_of(self, data: bytes) -> str | None:
-        """The text of ``data`` when it is this template's chunk with another text."""
-        texts = self.texts_of([data], 0)
-        return texts[0] if texts else None
-
     def texts_of(self, payloads: list[bytes], start: int) -> list[str]:
         """The texts of ``payloads`` from ``start`` on, up to the first that is not this
         template's chunk with another text (one loop for a whole buffered answer)."""
@@ -102,7 +97,7 @@ class TextDelta:
         return texts
 
     def event(self, data: bytes, text: str) -> Event:
-        """The event of ``data``, whose text :meth:`text_of` read: as parsing it gives."""
+        """The event of ``data``, whose text :meth:`texts_of` read: as parsing it gives."""
         return Event(with_text(self.chunk, text), data)
 
 

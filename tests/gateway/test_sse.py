@@ -46,16 +46,15 @@ async def test_a_last_event_without_its_blank_line_still_counts() -> None:
     assert await _read_all([b"data: a\n\ndata: b"]) == [b"a", b"b"]
 
 
-async def test_buffered_says_when_the_next_event_is_in() -> None:
+async def test_what_arrived_with_an_event_is_there_without_waiting() -> None:
     server = await serve_sse_blocks([b"data: 1\n\ndata: 2\n\n"], hold_s=0.5)
     try:
         async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
             reader = SseReader(r.content, idle_s=2.0)
-            assert not reader.buffered()
+            assert reader.take_arrived() == []
             assert await reader.next() == b"1"
-            assert reader.buffered()  # both arrived in one block
-            assert reader.next_nowait() == b"2"
-            assert not reader.buffered()
+            assert reader.take_arrived() == [b"2"]  # both arrived in one block
+            assert reader.take_arrived() == []
     finally:
         await server.close()
 
@@ -70,7 +69,7 @@ async def test_take_arrived_hands_over_every_event_in_at_once() -> None:
             assert await reader.next() == b"1"
             # The rest of the block, in order; "5" has no blank line yet, so it waits.
             assert reader.take_arrived() == [b"2\n3", b"4"]
-            assert reader.take_arrived() == [] and not reader.buffered()
+            assert reader.take_arrived() == []
     finally:
         await server.close()
 
