@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 import time
-from typing import Final, Literal
+from collections.abc import Mapping
+from typing import Final, Literal, TextIO, cast
 
 import orjson
 
@@ -48,16 +49,39 @@ class JsonFormatter(logging.Formatter):
         at the same time reads a consistent pair."""
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        entry = self.entry(
+            record.created,
+            record.msecs,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            record.__dict__,
+        )
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return _dumps(entry)
+
+    def entry(
+        self,
+        created: float,
+        msecs: float,
+        level: str,
+        logger: str,
+        message: str,
+        fields: Mapping[str, object],
+    ) -> dict[str, object]:
+        """The line's object, its exception aside; ``fields`` are a record's attributes (or
+        :func:`log_fields`' fields): those that are not a LogRecord's own are the extras."""
+        second = int(created)
         cached, prefix = self._second
         if second != cached:
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = (second, prefix)
         entry: dict[str, object] = {
-            "ts": f"{prefix}.{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
+            "ts": f"{prefix}.{int(msecs):03d}Z",
+            "level": level,
+            "logger": logger,
+            "message": message,
         }
         request_id = request_id_var.get()
         if request_id is not None:
@@ -66,17 +90,96 @@ class JsonFormatter(logging.Formatter):
         if trace_id is not None:
             entry["trace_id"] = trace_id
             entry["span_id"] = span_id_of_current_span()
-        for key, value in record.__dict__.items():
+        for key, value in fields.items():
             if key not in _STANDARD and key[:1] != "_":
                 # Nearly every value is a scalar: kept without a call (the access line has 16).
                 exact = value is None or type(value) in _EXACT_SCALARS
                 entry[key] = value if exact else _json_value(value)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        try:
-            return orjson.dumps(entry).decode()
-        except TypeError:  # lone surrogates, integers past 64 bits: json writes them as is
-            return _encode(entry)
+        return entry
+
+
+def _dumps(entry: dict[str, object]) -> str:
+    try:
+        return orjson.dumps(entry).decode()
+    except TypeError:  # lone surrogates, integers past 64 bits: json writes them as is
+        return _encode(entry)
+
+
+def log_fields(
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    args: tuple[object, ...],
+    fields: dict[str, object],
+) -> None:
+    """``logger.log(level, msg, *args, extra=fields)``: the same line wherever it goes.
+
+    For the access line, a line per request. Where the line would reach exactly one
+    handler, the JSON one :func:`configure_logging` installs, with no filter on the way
+    (what ``serve`` runs with), that handler's stream gets the line straight from these
+    parts: no LogRecord, no walk through the handlers, no look through the record's
+    attributes. Timed inside the running gateway that is 16 us a line instead of 28, 3-5%
+    of a non-streamed request's CPU in ``bench/overhead.py`` (docs/benchmarks.md).
+    Anywhere else (another handler or a filter, a text format, a record factory, a logger
+    class of one's own) the record is made and handled as ``logger.log`` does. ``fields``
+    must not use a LogRecord attribute's name, which ``logger.log`` refuses.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_json_handler(logger, level)
+    if handler is None:
+        logger.log(level, msg, *args, extra=fields)
+        return
+    formatter = cast(JsonFormatter, handler.formatter)
+    now = time.time()
+    # created and msecs as LogRecord computes them
+    entry = formatter.entry(
+        now,
+        int((now - int(now)) * 1000),
+        logging.getLevelName(level),
+        logger.name,
+        msg % args if args else msg,
+        fields,
+    )
+    handler.acquire()
+    try:
+        stream = handler.stream
+        stream.write(_dumps(entry) + handler.terminator)
+        handler.flush()
+    except RecursionError:  # as StreamHandler.emit
+        raise
+    except Exception:
+        handler.handleError(logger.makeRecord(logger.name, level, "", 0, msg, args, None))
+    finally:
+        handler.release()
+
+
+def _sole_json_handler(logger: logging.Logger, level: int) -> logging.StreamHandler[TextIO] | None:
+    """The one handler a record of ``logger`` at ``level`` would reach, when that is a plain
+    stream handler with a :class:`JsonFormatter` and nothing could filter or change the
+    record on its way; else None. The walk is ``Logger.callHandlers``'."""
+    if (
+        logger.filters  # (a disabled logger's isEnabledFor() said no already)
+        or type(logger) is not logging.Logger
+        or logging.getLogRecordFactory() is not logging.LogRecord
+    ):
+        return None
+    sole = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if sole is not None or type(handler) is not logging.StreamHandler:
+                return None
+            sole = handler
+        current = current.parent if current.propagate else None
+    if (
+        sole is None
+        or level < sole.level
+        or sole.filters
+        or type(sole.formatter) is not JsonFormatter
+    ):
+        return None
+    return sole
 
 
 def _json_value(value: object) -> object:
@@ -126,5 +229,6 @@ __all__ = [
     "LogFormat",
     "TextFormatter",
     "configure_logging",
+    "log_fields",
     "request_id_var",
 ]

@@ -13,7 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    generate_latest,
+)
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -104,6 +111,8 @@ class GatewayMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        # python_gc_*: the collector's runs per generation (see gateway/collector.py).
+        GCCollector(registry=r)
         self.requests = BoundCounter(
             "gateway_requests",
             "Chat requests by the tier that answered and outcome",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.app import MAX_UPSTREAM_CONNECTIONS, create_app
+from gateway.collector import tune_collector
 from gateway.event_loop import EventLoopUnavailable, choose_event_loop
 from gateway.http.connections import GuardedRunner
 from gateway.logs import configure_logging
@@ -60,6 +61,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     # GATEWAY_LOG_FORMAT: JSON lines (request_id, trace_id on each) by default, or text.
     configure_logging(settings.log_level, settings.log_format)
+    tune_collector()  # a request's short-lived objects must not set off collections
     try:
         with asyncio.Runner(loop_factory=loop.factory) as runner:
             runner.run(_serve(settings, loop.name))

@@ -18,7 +18,7 @@ from gateway.accounts.model import ApiKey
 from gateway.errors import GatewayError, Unauthorized
 from gateway.http.access import CHAT_ACCESS, access_fields
 from gateway.http.bearer import bearer_token, matching_key
-from gateway.logs import request_id_var
+from gateway.logs import log_fields, request_id_var
 from gateway.sessions.keys import owner_of_key
 from gateway.state import KEYS, METRICS, SETTINGS, TRACING
 from gateway.telemetry import server_span
@@ -161,17 +161,20 @@ async def _observed(
             path = logged_path(request)
             stored = request.get(API_KEY)  # named by its id: the key itself is never logged
             key_id = stored.id if stored is not None else None
-            access_log.log(
+            log_fields(
+                access_log,
                 level,
                 "%s %s %s %.1f ms%s%s%s",
-                request.method,
-                path,
-                shown,
-                duration_ms,
-                f" {tier}/{node}" if tier else "",
-                words,
-                f" key={key_id}" if key_id is not None else "",
-                extra={
+                (
+                    request.method,
+                    path,
+                    shown,
+                    duration_ms,
+                    f" {tier}/{node}" if tier else "",
+                    words,
+                    f" key={key_id}" if key_id is not None else "",
+                ),
+                {
                     "method": request.method,
                     "path": path,
                     "status": status,

@@ -70,8 +70,13 @@ class TextDelta:
         if at < 0 or data.find(quoted, at + 1) >= 0:
             return None
         template = cls(data[: at + 1], data[at + len(quoted) - 1 :], event.chunk)
-        # Proof that the quotes found are the text's: with an empty text between them,
-        # the bytes parse to the same chunk with an empty text.
+        if b"\\" not in data:
+            # Without a backslash no string is escaped, so the text is written as it is
+            # where it stands: the one place it was found is that place.
+            return template
+        # An escaped text might not be where the same characters stand unescaped (in the
+        # model's name, say). Proof that the quotes found are the text's: with an empty
+        # text between them, the bytes parse to the same chunk with an empty text.
         if parse_chunk(template.prefix + template.suffix) != with_text(event.chunk, ""):
             return None
         return template

@@ -137,6 +137,20 @@ def test_learning_refuses_a_text_that_is_not_shown_once_and_plainly() -> None:
         assert TextDelta.learn(event, text) is None, text
 
 
+def test_an_escaped_text_written_plainly_elsewhere_is_not_taken_for_it() -> None:
+    # The text "abc" is escaped where it stands (\u0061bc), and the model's name is
+    # "abc": the one plain "abc" in the bytes is the model's, which only a parse can tell
+    # (without a backslash in the bytes, the one plain occurrence is the text's own).
+    chunk = {**_chunk("abc"), "model": "abc"}
+    data = _data(chunk, "compact").replace(b'"content":"abc"', b'"content":"\\u0061bc"')
+    assert data.count(b'"abc"') == 1 and parse_chunk(data) == chunk
+    event = parse_event(data)
+    assert event is not None
+    assert TextDelta.learn(event, "abc") is None
+    plain = parse_event(_data(_chunk("abc"), "compact"))
+    assert plain is not None and TextDelta.learn(plain, "abc") is not None
+
+
 def test_only_a_chunk_that_says_nothing_but_text_is_a_template() -> None:
     def choice(**fields: object) -> Chunk:
         return {"choices": [{"index": 0, "delta": {"content": "x"}, **fields}]}

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from gateway.http import middlewares
 from gateway.logs import JsonFormatter, TextFormatter, configure_logging, request_id_var
 from tests.conftest import policy_yaml
 from tests.gateway.observability.conftest import SIMPLE, Spans, trace_hex
@@ -17,13 +18,31 @@ from tests.helpers import sdk
 from tests.scripted import unused_port
 
 
-@pytest.fixture
-def access_lines() -> Iterator[io.StringIO]:
-    """What ``gateway.access`` logs at INFO, formatted as JSON lines."""
-    logger = logging.getLogger("gateway.access")
+@pytest.fixture(params=["sole handler", "beside others"])
+def access_lines(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[io.StringIO]:
+    """What ``gateway.access`` logs at INFO, formatted as JSON lines: by the only handler
+    its lines reach (as under ``serve``: :func:`~gateway.logs.log_fields` writes them
+    without a LogRecord), and beside the test run's handlers (a record goes through
+    logging)."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
+    if request.param == "sole handler":
+        # A logger of the same name that pytest does not know, so it adds no handlers of
+        # its own to it; one that makes no LogRecord.
+        logger = logging.Logger("gateway.access", logging.INFO)
+        logger.addHandler(handler)
+
+        def no_record(*args: object, **kwargs: object) -> logging.LogRecord:
+            raise AssertionError("the access line was made a LogRecord")
+
+        monkeypatch.setattr(logger, "makeRecord", no_record)
+        monkeypatch.setattr(middlewares, "access_log", logger)
+        yield stream
+        return
+    logger = logging.getLogger("gateway.access")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
