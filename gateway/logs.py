@@ -143,8 +143,7 @@ def log_fields(
     )
     handler.acquire()
     try:
-        stream = handler.stream
-        stream.write(_dumps(entry) + handler.terminator)
+        handler.stream.write(_dumps(entry) + handler.terminator)
         handler.flush()
     except RecursionError:  # as StreamHandler.emit
         raise

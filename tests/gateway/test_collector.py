@@ -40,7 +40,7 @@ async def test_concurrent_requests_set_off_almost_no_young_collections(
     env = {
         "GATEWAY_PORT": str(unused_port()),
         "GATEWAY_POLICY": str(policy),
-        "GATEWAY_LOG_LEVEL": "WARNING",  # 450 access lines would fill the stderr pipe
+        "GATEWAY_LOG_LEVEL": "WARNING",  # 480 access lines would fill the stderr pipe
     }
     body = {"model": "auto", "messages": [{"role": "user", "content": "Say hi to the team."}]}
     async with serve_process(env) as served, aiohttp.ClientSession() as session:
