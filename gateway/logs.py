@@ -182,8 +182,9 @@ def _sole_json_handler(logger: logging.Logger, level: int) -> logging.StreamHand
 
 
 def _json_value(value: object) -> object:
-    """Scalars and lists of scalars as they are (a list stays a JSON array); else text."""
-    if value is None or type(value) in _EXACT_SCALARS or isinstance(value, _SCALARS):
+    """Scalars and lists of scalars as they are (a list stays a JSON array); else text.
+    :meth:`JsonFormatter.entry` keeps None and exact scalars itself; subclasses come here."""
+    if isinstance(value, _SCALARS):
         return value
     if isinstance(value, list | tuple) and all(
         item is None or isinstance(item, _SCALARS) for item in value

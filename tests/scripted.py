@@ -140,8 +140,8 @@ class ScriptedUpstream:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        seen = Seen(body=body, at=time.monotonic(), headers=dict(request.headers))
-        seen.peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen = Seen(body=body, at=time.monotonic(), headers=dict(request.headers), peer=peer)
         self.seen.append(seen)
         request[SEEN] = seen
         script = self.queue.pop(0) if self.queue else self.script

@@ -258,7 +258,7 @@ class AnswerStream:
             self._pending.append(out)
         if attempt.finished and attempt.usage is not None:
             self._finish()  # all an answer has; no need to wait for [DONE]
-        elif content and self._learn_text_delta and not self.record.continued:
+        elif content and self._learn_text_delta:  # off once a continuation took over (_broken)
             text = text_only(event.chunk)
             if text is not None:
                 self._text_delta = TextDelta.learn(event, text)

@@ -9,8 +9,6 @@ import aiohttp
 from tests.helpers import run_cli, serve_process, shipped_policy_env
 from tests.scripted import unused_port
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_check_policy_accepts_the_shipped_policy() -> None:
     result = run_cli("check-policy", "policies/default.yaml")

@@ -19,8 +19,7 @@ from gateway.telemetry.propagation import extract_context
 from hybrid_common.console_tree import TreeConsoleSpanExporter
 from tests.conftest import policy_yaml
 from tests.gateway.observability.conftest import SIMPLE, sdk
-from tests.gateway.test_cli import ROOT
-from tests.helpers import serve_process
+from tests.helpers import REPO_ROOT, serve_process
 from tests.scripted import Script, unused_port
 
 LINE = re.compile(r"^ *(?P<start>[+-]\d+\.\d) +(?P<duration>\d+\.\d) ms  (?P<tree>.*)$")
@@ -193,7 +192,7 @@ async def test_serve_prints_the_tree_to_stderr(upstreams, how: str, monkeypatch)
         monkeypatch.delenv(name, raising=False)
     env = {
         "GATEWAY_PORT": str(unused_port()),
-        "GATEWAY_POLICY": str(ROOT / "policies" / "default.yaml"),
+        "GATEWAY_POLICY": str(REPO_ROOT / "policies" / "default.yaml"),
         "GATEWAY_EDGE_URLS": f"{edge.url}=env-edge-model",
         "GATEWAY_CLOUD_URLS": f"http://127.0.0.1:{unused_port()}=env-cloud-model",
         **({"OTEL_TRACES_EXPORTER": "console-tree"} if how == "env" else {}),
