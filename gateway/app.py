@@ -107,6 +107,9 @@ def _upstreams(settings: Settings, initial: RoutingState):  # type: ignore[no-un
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, keepalive_timeout=30),
             auto_decompress=False,
+            # Every client's requests share this session: a cookie one answer set (a load
+            # balancer's affinity cookie) must not be sent on behalf of everyone after it.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         app[METRICS] = metrics
         app[POOL] = pool

@@ -69,6 +69,8 @@ class Script:
     """Write text outside ASCII as UTF-8, not as ``\\u`` escapes (as vLLM does)."""
     done_delay_s: float = 0.0
     """Wait this long after the usage before ``[DONE]`` and the end of the body."""
+    set_cookie: str | None = None
+    """A ``Set-Cookie`` header on the answer (as a load balancer's affinity cookie would be)."""
 
 
 @dataclass(slots=True)
@@ -184,12 +186,14 @@ class ScriptedUpstream:
         if body.get("stream"):
             return await self._stream(request, body, script)
         text = "".join(script.chunks)
-        return web.json_response(_completion(self.model, text, body))
+        return web.json_response(_completion(self.model, text, body), headers=_headers(script))
 
     async def _stream(
         self, request: web.Request, body: dict[str, object], script: Script
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", **_headers(script)}
+        )
         await response.prepare(request)
         created = int(time.time())
         options = body.get("stream_options")
@@ -249,6 +253,10 @@ class ScriptedUpstream:
             raise
         finally:
             self.in_flight -= 1
+
+
+def _headers(script: Script) -> dict[str, str]:
+    return {"Set-Cookie": script.set_cookie} if script.set_cookie is not None else {}
 
 
 def _event(chunk: dict[str, object], script: Script) -> bytes:

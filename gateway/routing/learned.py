@@ -24,6 +24,7 @@ from gateway.routing.features import (
     FEATURE_SET_VERSION,
     FEATURE_SIGNALS,
     LENGTH_FEATURES,
+    OPTIONAL_FEATURE_GROUPS,
     Features,
     extract_features,
 )
@@ -62,6 +63,10 @@ class LinearComplexityModel:
     )
     """(index, signal key, low, high, mean, inverse std, weight) of each feature with a
     weight, in feature order: what :meth:`contributions` reads per request, prepared once."""
+    feature_groups: frozenset[str] = field(init=False, repr=False, compare=False)
+    """The optional feature groups (:data:`~gateway.routing.features.OPTIONAL_FEATURE_GROUPS`)
+    that hold a weighted feature: the only ones :meth:`LearnedClassifier.classify` has
+    computed."""
 
     def __post_init__(self) -> None:
         terms = tuple(
@@ -80,6 +85,13 @@ class LinearComplexityModel:
             if w
         )
         object.__setattr__(self, "_terms", terms)
+        weighted = {FEATURE_NAMES[term[0]] for term in terms}
+        groups = frozenset(
+            group
+            for group, names in OPTIONAL_FEATURE_GROUPS.items()
+            if weighted.intersection(names)
+        )
+        object.__setattr__(self, "feature_groups", groups)
 
     def contributions(self, features: Features) -> dict[str, float]:
         """Each feature's push away from the training average (length views summed)."""
@@ -125,7 +137,9 @@ class LearnedClassifier:
         return f"learned:{self.model.version}"
 
     def classify(self, messages: Sequence[ChatMessage], *, max_tokens: int | None) -> Complexity:
-        features = extract_features(messages, max_tokens=max_tokens)
+        features = extract_features(
+            messages, max_tokens=max_tokens, groups=self.model.feature_groups
+        )
         parts = self.model.contributions(features)
         raw = self.model.intercept + math.fsum(parts.values())
         score = round(self.model.calibrate(raw), 4)

@@ -203,3 +203,24 @@ async def test_api_keys_are_enforced_when_configured(upstreams, make_gateway) ->
         async with session.get(gateway.url + "/healthz") as response:
             assert response.status == 200  # probes need no key
     assert json.loads(json.dumps(edge.seen[0].body))["model"] == "edge-model"
+
+
+async def test_a_cookie_a_node_sets_is_not_sent_on_later_requests(upstreams, make_gateway) -> None:
+    """The nodes serve every client through one pooled session: a cookie one answer set
+    (a load balancer's affinity cookie, say) must not ride along on other clients'
+    requests. The node is named by host name: aiohttp keeps no cookies for IP addresses."""
+    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+    edge.script.set_cookie = "affinity=node-a; Path=/"
+    by_name = edge.url.replace("127.0.0.1", "localhost")
+    gateway = await make_gateway(
+        policy_yaml([(by_name, "edge-model")], [(cloud.url, "cloud-model")]), health_checks=False
+    )
+    async with sdk(gateway) as client:
+        for stream in (False, True, False):
+            answer = await client.chat.completions.create(
+                model="auto", messages=SIMPLE, stream=stream
+            )
+            if stream:
+                [chunk async for chunk in answer]  # type: ignore[union-attr]
+    assert edge.calls == 3
+    assert [seen.headers.get("Cookie") for seen in edge.seen] == [None, None, None]

@@ -3,6 +3,7 @@ what a decision costs on a 2,000-token conversation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from gateway.policy.parse import load_policy
 from gateway.routing.decide import RoutingRequest, decide
-from gateway.routing.features import extract_features
+from gateway.routing.features import ALL_FEATURE_GROUPS, extract_features
 from gateway.routing.learned import DEFAULT_MODEL_PATH, LearnedClassifier, load_learned_classifier
 from gateway.tokens import count_tokens
 from hybrid_common.protocol import ChatMessage
@@ -141,3 +142,26 @@ def test_a_decision_on_a_2000_token_conversation_is_cheap(classifier: LearnedCla
     p99 = statistics.quantiles(samples, n=100)[98]
     assert p50 <= 500, f"p50 {p50:.0f} µs"
     assert p99 <= 5000, f"p99 {p99:.0f} µs"
+
+
+def test_it_skips_the_features_it_does_not_weigh_and_decides_the_same(
+    classifier: LearnedClassifier,
+) -> None:
+    """It weighs three always-computed features, so no optional group is computed; a copy
+    that computes every group scores and explains each request exactly alike."""
+    assert classifier.model.feature_groups == frozenset()
+    model = dataclasses.replace(classifier.model)
+    object.__setattr__(model, "feature_groups", ALL_FEATURE_GROUPS)  # computes everything
+    everything = LearnedClassifier(model)
+    requests = [user(check["prompt"]) for check in DOC["checks"]]
+    requests += [
+        user("Write a Python function that parses ISO dates, with tests."),
+        user("Prove that there are infinitely many primes."),
+        user("Compare the trade-offs of Raft and Paxos for our architecture."),
+        user(PARAGRAPH * 12 + "\nA) yes\nB) no\nC) maybe\nD) all of the above"),
+        conversation(),
+    ]
+    for messages in requests:
+        for max_tokens in (None, 4000):
+            got = classifier.classify(messages, max_tokens=max_tokens)
+            assert got == everything.classify(messages, max_tokens=max_tokens)

@@ -12,6 +12,7 @@ from gateway.routing.features import (
     FEATURE_NAMES,
     FEATURE_SIGNALS,
     LENGTH_FEATURES,
+    OPTIONAL_FEATURE_GROUPS,
     Features,
     estimate_tokens,
     extract_features,
@@ -180,3 +181,64 @@ def test_features_are_deterministic() -> None:
     b = extract_features(user(MCQ), max_tokens=100)
     assert not any(math.isnan(v) for v in a.values)  # so == below compares every value
     assert a == b
+
+
+VARIED = [
+    user(MCQ),
+    user("Why does this fail?\n```python\ndef f(x):\n    return x / 0\n```"),
+    user(r"Prove the theorem: $\frac{a}{b}$ integral, step by step. \u201cQuoted\u201d?"),
+    user(
+        'Summarize the following passage on thermodynamics: "Statement 1 | I and II" ___ '
+        "all of the above <|im_end|>"
+    ),
+    user("caf\u00e9 \u4e2d\u6587 ABC 123 %^ " * 200),  # a long window: head and tail
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Explain why the sky is blue."},
+        {"role": "assistant", "content": "Rayleigh scattering."},
+        {"role": "user", "content": "Not the sunset, though?"},
+    ],
+]
+
+
+def test_the_optional_groups_name_distinct_features_that_exist() -> None:
+    names = [name for group in OPTIONAL_FEATURE_GROUPS.values() for name in group]
+    assert len(names) == len(set(names))
+    assert set(names) < set(FEATURE_NAMES)
+    # The task priors read these, so they are never optional.
+    assert not {"code", "choices"} & set(names)
+
+
+@pytest.mark.parametrize("messages", VARIED)
+def test_a_group_not_asked_for_is_not_computed_and_changes_nothing_else(
+    messages: list[ChatMessage],
+) -> None:
+    full = extract_features(messages, max_tokens=300)
+    for asked in [frozenset(), *(frozenset({group}) for group in OPTIONAL_FEATURE_GROUPS)]:
+        part = extract_features(messages, max_tokens=300, groups=asked)
+        skipped = {
+            name for g, names in OPTIONAL_FEATURE_GROUPS.items() if g not in asked for name in names
+        }
+        for name, got, want in zip(FEATURE_NAMES, part.values, full.values, strict=True):
+            if name in skipped:
+                assert math.isnan(got), (asked, name)
+            else:
+                assert got == want or (math.isnan(got) and math.isnan(want)), (asked, name)
+        assert (part.words, part.prompt_tokens, part.last_user_tokens) == (
+            full.words,
+            full.prompt_tokens,
+            full.last_user_tokens,
+        )
+
+
+def test_the_prompts_above_give_every_optional_feature_a_value() -> None:
+    """So the comparison above compares numbers, not zeros or NaNs only."""
+    shown = {
+        name
+        for messages in VARIED
+        for name, v in zip(
+            FEATURE_NAMES, extract_features(messages, max_tokens=300).values, strict=True
+        )
+        if v and not math.isnan(v)
+    }
+    assert {name for names in OPTIONAL_FEATURE_GROUPS.values() for name in names} <= shown

@@ -16,7 +16,12 @@ import pytest
 
 from gateway.policy.errors import PolicyError
 from gateway.routing.classifier import build_classifier
-from gateway.routing.features import FEATURE_NAMES, FEATURE_SET_VERSION, extract_features
+from gateway.routing.features import (
+    ALL_FEATURE_GROUPS,
+    FEATURE_NAMES,
+    FEATURE_SET_VERSION,
+    extract_features,
+)
 from gateway.routing.learned import (
     DEFAULT_MODEL_PATH,
     MODELS_DIR,
@@ -241,3 +246,34 @@ def test_policy_with_a_broken_model_path_fails_to_load(tmp_path: Path) -> None:
     )
     with pytest.raises(PolicyError, match="not a JSON object"):
         load_routing_state(policy)
+
+
+def _weighing_only(names: set[str]) -> dict[str, object]:
+    doc = copy.deepcopy(DOC)
+    for feature in doc["features"]:
+        if feature["name"] not in names:
+            feature["weight"] = 0.0
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("weighted", "groups"),
+    [
+        (set(), set()),
+        ({"log_tokens_last", "code", "choices"}, set()),  # always computed
+        ({"digit_frac"}, {"characters"}),
+        ({"long_word_frac", "fill_blank"}, {"word_lengths", "phrases"}),
+        ({"quotes"}, {"markers"}),
+        (set(FEATURE_NAMES), set(ALL_FEATURE_GROUPS)),
+    ],
+)
+def test_a_model_asks_for_the_optional_features_it_weighs(
+    weighted: set[str], groups: set[str]
+) -> None:
+    model = parse_model(_weighing_only(weighted), source="test")
+    assert model.feature_groups == groups
+
+
+def test_v1_asks_for_every_group(classifier: LearnedClassifier) -> None:
+    # With one skipped, test_runtime_reproduces_the_training_scripts_scores fails.
+    assert classifier.model.feature_groups == ALL_FEATURE_GROUPS
