@@ -106,7 +106,10 @@ def _upstreams(settings: Settings, initial: RoutingState):  # type: ignore[no-un
         pool = NodePool(initial.policy)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, keepalive_timeout=30),
-            auto_decompress=False,
+            # Plain answers, please (aiohttp would offer gzip): the gateway parses every
+            # answer, and compressing a token stream on a local network costs both ends CPU
+            # for nothing. A node that compresses all the same is decompressed.
+            headers={"Accept-Encoding": "identity"},
             # Every client's requests share this session: a cookie one answer set (a load
             # balancer's affinity cookie) must not be sent on behalf of everyone after it.
             cookie_jar=aiohttp.DummyCookieJar(),

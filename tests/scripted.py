@@ -71,6 +71,9 @@ class Script:
     """Wait this long after the usage before ``[DONE]`` and the end of the body."""
     set_cookie: str | None = None
     """A ``Set-Cookie`` header on the answer (as a load balancer's affinity cookie would be)."""
+    compress: Literal["no", "if_accepted", "always"] = "no"
+    """Compress the answer: as the request's ``Accept-Encoding`` allows (a server or a proxy
+    in front of one with compression on), or with gzip whatever the request said."""
 
 
 @dataclass(slots=True)
@@ -186,7 +189,9 @@ class ScriptedUpstream:
         if body.get("stream"):
             return await self._stream(request, body, script)
         text = "".join(script.chunks)
-        return web.json_response(_completion(self.model, text, body), headers=_headers(script))
+        answer = web.json_response(_completion(self.model, text, body), headers=_headers(script))
+        _compress(answer, script)
+        return answer
 
     async def _stream(
         self, request: web.Request, body: dict[str, object], script: Script
@@ -194,6 +199,7 @@ class ScriptedUpstream:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", **_headers(script)}
         )
+        _compress(response, script)
         await response.prepare(request)
         created = int(time.time())
         options = body.get("stream_options")
@@ -257,6 +263,13 @@ class ScriptedUpstream:
 
 def _headers(script: Script) -> dict[str, str]:
     return {"Set-Cookie": script.set_cookie} if script.set_cookie is not None else {}
+
+
+def _compress(response: web.StreamResponse, script: Script) -> None:
+    if script.compress == "if_accepted":
+        response.enable_compression()
+    elif script.compress == "always":
+        response.enable_compression(force=web.ContentCoding.gzip)
 
 
 def _event(chunk: dict[str, object], script: Script) -> bytes:

@@ -224,3 +224,28 @@ async def test_a_cookie_a_node_sets_is_not_sent_on_later_requests(upstreams, mak
                 [chunk async for chunk in answer]  # type: ignore[union-attr]
     assert edge.calls == 3
     assert [seen.headers.get("Cookie") for seen in edge.seen] == [None, None, None]
+
+
+@pytest.mark.parametrize("compress", ["if_accepted", "always"])
+@pytest.mark.parametrize("stream_internally", [True, False])
+async def test_a_node_that_compresses_its_answers_is_read(
+    upstreams, make_gateway, compress: str, stream_internally: bool
+) -> None:
+    """The gateway asks for plain bodies (it parses every answer, and compressing a
+    token stream on a local network costs both ends CPU for nothing), so a node with
+    compression on sends them plain; one that compresses all the same is decompressed."""
+    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+    edge.script.compress = compress  # type: ignore[assignment]
+    policy = policy_yaml(
+        [(edge.url, "edge-model")],
+        [(cloud.url, "cloud-model")],
+        fallback={"stream_internally": stream_internally},
+    )
+    gateway = await make_gateway(policy, health_checks=False)
+    async with sdk(gateway) as client:
+        whole = await client.chat.completions.create(model="auto", messages=SIMPLE)
+        stream = await client.chat.completions.create(model="auto", messages=SIMPLE, stream=True)
+        streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert whole.choices[0].message.content == streamed == "Hello from the upstream."
+    assert whole.model == "edge-model"
+    assert [seen.headers.get("Accept-Encoding") for seen in edge.seen] == ["identity"] * 2
