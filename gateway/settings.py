@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gateway.event_loop import EVENT_LOOPS, EventLoopKind
 from gateway.logs import LOG_FORMATS, LogFormat
-from gateway.policy.model import NodeSpec
+from gateway.policy.model import NodeSpec, node_base_url
 from gateway.telemetry import TracingConfig, tracing_config_from_env
 from hybrid_common.protocol import Tier
 
@@ -178,7 +178,7 @@ def parse_node_urls(variable: str, tier: Tier, value: str | None) -> tuple[NodeS
     nodes: list[NodeSpec] = []
     for index, item in enumerate(part.strip() for part in value.split(",") if part.strip()):
         url, sep, model = item.partition("=")
-        url, model = url.strip().rstrip("/"), model.strip()
+        url, model = node_base_url(url.strip()), model.strip()
         if not sep or not model:
             raise SettingsError(f"{variable}: {item!r} must be url=model")
         if not url.startswith(("http://", "https://")):

@@ -26,9 +26,20 @@ ClassifierKind = Literal["heuristic", "learned"]
 POLICY_VERSION: Final = 1
 
 
+def node_base_url(url: str) -> str:
+    """A node's URL as the gateway keeps it: the server's root, to which it appends
+    ``/v1/chat/completions``, ``/health`` and ``/metrics`` itself. A trailing slash and a
+    trailing ``/v1`` (the OpenAI-style base URL of the same server, as clients are
+    configured) are dropped."""
+    url = url.rstrip("/")
+    path = url.partition("://")[2].partition("/")[2]  # "http://v1" is a host named v1
+    return url.removesuffix("/v1") if f"/{path}".endswith("/v1") else url
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSpec:
     url: str
+    """The server's root, without ``/v1`` (:func:`node_base_url`)."""
     model: str
     name: str
     max_concurrency: int = 16
@@ -170,4 +181,5 @@ __all__ = [
     "Rule",
     "SessionsSpec",
     "TierSpec",
+    "node_base_url",
 ]

@@ -28,6 +28,7 @@ from gateway.policy.model import (
     Rule,
     SessionsSpec,
     TierSpec,
+    node_base_url,
 )
 from gateway.policy.pricing import parse_pricing, parse_store_error_mode
 from gateway.policy.reader import PolicyReader
@@ -127,7 +128,7 @@ def _tier(r: PolicyReader, value: object, path: str, name: Tier) -> TierSpec:
         url = r.string(n, where, "url")
         if not url.startswith(("http://", "https://")):
             raise r.fail(f"{where}.url", f"must start with http:// or https://, got {url!r}")
-        url = url.rstrip("/")
+        url = node_base_url(url)
         nodes.append(
             NodeSpec(
                 url=url,

@@ -81,3 +81,29 @@ async def test_a_reloaded_limit_applies_to_env_nodes(
         "the reloaded limit reached the env node",
     )
     assert [n.spec.url for n in pool.nodes("cloud")] == [cloud.url]  # still the env's node
+
+
+async def test_a_node_named_by_its_openai_base_url_is_served_and_healthy(
+    upstreams: StartUpstream, make_gateway: GatewayFactory
+) -> None:
+    """``http://host:port/v1``, as OpenAI clients are configured, in the policy and in
+    GATEWAY_CLOUD_URLS: the chat calls and the health checks reach the server's own paths."""
+    edge, cloud = await upstreams("edge-model"), await upstreams("cloud-model")
+    overrides = settings_from_env({"GATEWAY_CLOUD_URLS": f"{cloud.url}/v1/=cloud-model"})
+    gateway = await make_gateway(
+        policy_yaml([(f"{edge.url}/v1", "edge-model")]),
+        health_checks=True,
+        cloud_nodes=overrides.cloud_nodes,
+    )
+    async with aiohttp.ClientSession() as session:
+        for tier in ("edge", "cloud"):
+            async with session.post(
+                f"{gateway.url}/v1/chat/completions", json={"model": tier, "messages": [HI]}
+            ) as response:
+                assert response.status == 200, await response.text()
+                assert response.headers["x-gateway-tier"] == tier
+    pool = gateway.app[POOL]
+    await eventually(
+        lambda: all(node.healthy for tier in ("edge", "cloud") for node in pool.nodes(tier))
+    )
+    assert (edge.calls, cloud.calls) == (1, 1)

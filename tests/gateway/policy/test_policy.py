@@ -10,6 +10,7 @@ import pytest
 
 from gateway.policy.errors import PolicyError
 from gateway.policy.file import read_policy_text
+from gateway.policy.model import node_base_url
 from gateway.policy.parse import load_policy, parse_policy
 from gateway.routing.state import load_routing_state
 from hybrid_common.yaml_lines import YAMLLimitError, YAMLLimits, load_located
@@ -268,3 +269,24 @@ def test_classifier_weights_must_be_a_regular_file(tmp_path: Path) -> None:
     assert (info.value.key, info.value.line) == ("routing.classifier.model", 8)
     assert "cannot load classifier weights" in str(info.value)
     assert "not a regular file: a character device (/dev/zero)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "root"),
+    [
+        ("http://h:8000", "http://h:8000"),
+        ("http://h:8000/", "http://h:8000"),
+        ("http://h:8000/v1", "http://h:8000"),  # an OpenAI-style base URL
+        ("http://h:8000/v1/", "http://h:8000"),
+        ("https://lb/tenant-a/v1", "https://lb/tenant-a"),
+        ("http://v1", "http://v1"),  # a host named v1
+        ("http://v1:8000/v1", "http://v1:8000"),
+        ("http://h/v10", "http://h/v10"),
+        ("http://h/apiv1", "http://h/apiv1"),
+    ],
+)
+def test_a_node_url_is_its_servers_root(url: str, root: str) -> None:
+    """The gateway appends /v1/chat/completions, /health and /metrics itself."""
+    assert node_base_url(url) == root
+    policy = parse_policy(GOOD.replace("http://127.0.0.1:1", url))
+    assert policy.tiers["edge"].nodes[0].url == root
