@@ -32,8 +32,8 @@ def node_base_url(url: str) -> str:
     trailing ``/v1`` (the OpenAI-style base URL of the same server, as clients are
     configured) are dropped."""
     url = url.rstrip("/")
-    path = url.partition("://")[2].partition("/")[2]  # "http://v1" is a host named v1
-    return url.removesuffix("/v1") if f"/{path}".endswith("/v1") else url
+    # After the scheme: "http://v1" is a host named v1, not a path.
+    return url[:-3] if url.partition("://")[2].endswith("/v1") else url
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
