@@ -176,7 +176,7 @@ class _Routed:
     def deadline(self) -> float:
         """The request's end in event-loop time: the total deadline counts from arrival."""
         elapsed = time.perf_counter() - self.started
-        return asyncio.get_running_loop().time() + self.policy.fallback.timeouts.total_s - elapsed
+        return self.forwarder.loop.time() + self.policy.fallback.timeouts.total_s - elapsed
 
     def headers(self, lease: Lease) -> dict[str, str]:
         node = lease.node

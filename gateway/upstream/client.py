@@ -27,6 +27,7 @@ from gateway.errors import (
 from gateway.policy.fallback import Timeouts
 from gateway.telemetry import NO_ATTEMPT, AttemptSpan
 from gateway.upstream.chunks import Event, has_output, parse_event
+from gateway.upstream.loop_timeout import LoopTimeout
 from gateway.upstream.pool import Node
 from gateway.upstream.retry import parse_retry_after
 from gateway.upstream.sse import DONE, SseReader
@@ -48,6 +49,7 @@ class UpstreamStream:
     head: tuple[Event, ...]
     events: SseReader
     response: aiohttp.ClientResponse
+    loop: asyncio.AbstractEventLoop
     attempt: AttemptSpan = NO_ATTEMPT
     """This attempt's span; whoever reads the stream records how it ended."""
 
@@ -81,7 +83,7 @@ class UpstreamStream:
         if self.response.content.at_eof():
             self.response.release()
             return
-        task = asyncio.get_running_loop().create_task(_drain(self.response))
+        task = self.loop.create_task(_drain(self.response, self.loop))
         _DRAINING.add(task)  # a task nothing refers to may be collected before it runs
         task.add_done_callback(_DRAINING.discard)
 
@@ -93,9 +95,9 @@ instead (a node that sends its usage but holds the body open)."""
 _DRAINING: set[asyncio.Task[None]] = set()
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
+async def _drain(response: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop) -> None:
     try:
-        async with asyncio.timeout(DRAIN_S):
+        async with LoopTimeout(loop, loop.time() + DRAIN_S):
             while await response.content.readany():
                 pass
     except (TimeoutError, aiohttp.ClientError):
@@ -137,15 +139,16 @@ async def post_chat(
     *,
     headers: Mapping[str, str],
     timeouts: Timeouts,
+    loop: asyncio.AbstractEventLoop,
     deadline: float | None = None,
 ) -> tuple[int, bytes, aiohttp.ClientResponse]:
     """Non-streaming call: the whole answer within the total deadline.
 
-    ``deadline`` (event-loop time) is the request's own end, when it comes sooner.
+    ``deadline`` (``loop``'s time) is the request's own end, when it comes sooner.
     """
     total_s = timeouts.total_s
     if deadline is not None:
-        total_s = min(total_s, max(0.0, deadline - asyncio.get_running_loop().time()))
+        total_s = min(total_s, max(0.0, deadline - loop.time()))
     timeout = aiohttp.ClientTimeout(
         total=total_s, sock_connect=timeouts.connect_s, connect=timeouts.connect_s
     )
@@ -165,21 +168,22 @@ async def open_stream(
     *,
     headers: Mapping[str, str],
     timeouts: Timeouts,
+    loop: asyncio.AbstractEventLoop,
     deadline: float | None = None,
 ) -> UpstreamStream:
     """Streaming call: returns once the first token arrived within the first-token deadline
-    (and before ``deadline``, event-loop time, when that comes sooner)."""
+    (and before ``deadline``, ``loop``'s time, when that comes sooner)."""
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=timeouts.connect_s, connect=timeouts.connect_s
     )
-    first_token_at = asyncio.get_running_loop().time() + timeouts.first_token_s
+    first_token_at = loop.time() + timeouts.first_token_s
     if deadline is not None:
         first_token_at = min(first_token_at, deadline)
     response: aiohttp.ClientResponse | None = None
     head: list[Event] = []
     try:
         with translate_errors(node, "first token"):
-            async with asyncio.timeout_at(first_token_at):
+            async with LoopTimeout(loop, first_token_at):
                 response = await session.post(
                     node.spec.url + CHAT_PATH, data=body, headers=headers, timeout=timeout
                 )
@@ -191,7 +195,7 @@ async def open_stream(
                         f"{node.tier} node {node.name}: expected an event stream, got "
                         f"{response.headers.get('Content-Type')!r}"
                     )
-                events = SseReader(response.content, idle_s=timeouts.idle_s)
+                events = SseReader(response.content, idle_s=timeouts.idle_s, loop=loop)
                 while True:
                     data = await events.next()
                     if data is None or data == DONE:
@@ -206,7 +210,9 @@ async def open_stream(
                     head.append(event)
                     if has_output(event.chunk):
                         break
-        return UpstreamStream(node=node, head=tuple(head), events=events, response=response)
+        return UpstreamStream(
+            node=node, head=tuple(head), events=events, response=response, loop=loop
+        )
     except BaseException:
         if response is not None:
             response.close()

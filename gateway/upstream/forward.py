@@ -113,6 +113,9 @@ class Forwarder:
         *,
         tracing: Tracing | None = None,
     ) -> None:
+        self.loop = asyncio.get_running_loop()
+        """The loop this forwarder serves (made there): every deadline on the way to a node
+        is its time, read without looking the loop up again (:mod:`~.loop_timeout`)."""
         self.pool = pool
         self.session = session
         self.metrics = metrics
@@ -143,6 +146,7 @@ class Forwarder:
                 body,
                 headers=attempt.headers(plan.headers),
                 timeouts=timeouts,
+                loop=self.loop,
                 deadline=deadline,
             )
             attempt.completion_payload(payload)
@@ -175,6 +179,7 @@ class Forwarder:
                 body,
                 headers=attempt.headers(plan.headers),
                 timeouts=timeouts,
+                loop=self.loop,
                 deadline=deadline,
             )
             upstream.attempt = attempt
@@ -204,7 +209,7 @@ class Forwarder:
         continuation: bool = False,
     ) -> tuple[Lease, T]:
         spec = policy.fallback
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if deadline is None:
             deadline = loop.time() + spec.timeouts.total_s
         encode = body_for or plan.encode_for

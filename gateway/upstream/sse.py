@@ -16,6 +16,7 @@ import re
 import aiohttp
 
 from gateway.upstream.buffered_body import take_buffered
+from gateway.upstream.loop_timeout import LoopTimeout
 
 DONE = b"[DONE]"
 
@@ -40,12 +41,20 @@ class SseReader:
 
     Comments, ``event:``/``id:`` fields and blank keep-alives are skipped. Each wait for
     more bytes is bounded by ``idle_s``: :class:`TimeoutError` means the stream stalled.
-    Transport errors are aiohttp's; the caller translates them.
+    Transport errors are aiohttp's; the caller translates them. ``loop`` is the one the
+    stream is read on (default: the running loop; see :mod:`gateway.upstream.loop_timeout`).
     """
 
-    def __init__(self, content: aiohttp.StreamReader, *, idle_s: float) -> None:
+    def __init__(
+        self,
+        content: aiohttp.StreamReader,
+        *,
+        idle_s: float,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._content = content
         self._idle_s = idle_s
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._events: collections.deque[bytes] = collections.deque()
         self._tail = b""
         """Bytes of an event whose closing blank line has not arrived yet..."""
@@ -79,12 +88,12 @@ class SseReader:
 
     async def _wait(self, deadline: float | None) -> bytes:
         # One timer for both bounds: the sooner of the idle deadline and the caller's.
-        idle_at = asyncio.get_running_loop().time() + self._idle_s
+        idle_at = self._loop.time() + self._idle_s
         if deadline is None or idle_at < deadline:
-            async with asyncio.timeout_at(idle_at):
+            async with LoopTimeout(self._loop, idle_at):
                 return await self._content.readany()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with LoopTimeout(self._loop, deadline):
                 return await self._content.readany()
         except TimeoutError:
             raise DeadlineReached from None

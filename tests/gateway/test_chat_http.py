@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
 import pytest
 
+import gateway as gateway_package
 from tests.conftest import TwoTiers, TwoTiersFactory
 from tests.helpers import eventually_value, policy_yaml, scrape_metrics, sdk
 
@@ -249,3 +254,33 @@ async def test_a_node_that_compresses_its_answers_is_read(
     assert whole.choices[0].message.content == streamed == "Hello from the upstream."
     assert whole.model == "edge-model"
     assert [seen.headers.get("Accept-Encoding") for seen in edge.seen] == ["identity"] * 2
+
+
+async def test_a_request_looks_the_event_loop_up_nowhere_in_the_gateway(
+    two_tiers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 each look-up of the running loop is a getpid() system call
+    (gateway/upstream/loop_timeout.py): the way to a node uses the loop it was given."""
+    edge, _cloud, gateway = two_tiers
+    package = str(Path(gateway_package.__file__).parent)
+    callers: list[str] = []
+
+    def counted(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def look_up(*args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1).f_code
+            given_loop = name == "current_task" and (args or kwargs)  # no look-up then
+            if caller.co_filename.startswith(package) and not given_loop:
+                callers.append(f"{name} from {caller.co_filename}:{caller.co_name}")
+            return real(*args, **kwargs)
+
+        return look_up
+
+    for name in ("get_running_loop", "get_event_loop", "current_task", "timeout", "timeout_at"):
+        monkeypatch.setattr(asyncio, name, counted(name, getattr(asyncio, name)))
+    async with sdk(gateway) as client:
+        await client.chat.completions.create(model="auto", messages=SIMPLE)
+        stream = await client.chat.completions.create(model="auto", messages=SIMPLE, stream=True)
+        assert [c async for c in stream]
+    monkeypatch.undo()
+    assert edge.calls == 2
+    assert callers == []
