@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # PYTHONPATH, if set, goes first
@@ -94,6 +95,23 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+def gateway_env(
+    tree: Path, policy: Path, upstream: str, port: int, settings: Mapping[str, str]
+) -> dict[str, str]:
+    """The environment of a gateway under test: ``tree``'s code and ``policy``, every node
+    pointed at ``upstream``, tracing off unless ``settings`` (applied last) say otherwise."""
+    return {
+        **clean_env(),
+        "PYTHONPATH": str(tree),
+        "GATEWAY_POLICY": str(policy),
+        "GATEWAY_EDGE_URLS": f"{upstream}={MODEL}-edge",
+        "GATEWAY_CLOUD_URLS": f"{upstream}={MODEL}-cloud",
+        "OTEL_SDK_DISABLED": "true",
+        **settings,
+        "GATEWAY_PORT": str(port),
+    }
 
 
 def describe_machine() -> str:
@@ -166,17 +184,8 @@ async def run(args: argparse.Namespace) -> None:
                 if name == "gateway+keys":
                     auth[name + suffix] = await create_bench_key(redis_url, tree)
                 port = free_port()
-                genv = {
-                    **env,
-                    "PYTHONPATH": str(tree),
-                    "GATEWAY_POLICY": str(policy_of(args, tree)),
-                    "GATEWAY_EDGE_URLS": f"{upstream}={MODEL}-edge",
-                    "GATEWAY_CLOUD_URLS": f"{upstream}={MODEL}-cloud",
-                    "OTEL_SDK_DISABLED": "true",
-                    **dict(kv.split("=", 1) for kv in args.env),
-                    **extra,
-                    "GATEWAY_PORT": str(port),
-                }
+                settings = {**dict(kv.split("=", 1) for kv in args.env), **extra}
+                genv = gateway_env(tree, policy_of(args, tree), upstream, port, settings)
                 argv = [sys.executable, "-m", "gateway", "serve"]
                 log = workdir / f"{name}{suffix}.log"
                 process = spawn(argv, env=genv, cpus=server_cpus, log=log, cwd=tree)

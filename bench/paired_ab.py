@@ -34,24 +34,16 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # PYTHONPATH, if set,
 
 from _common import free_port, wait_ready  # bench/ is the script directory
 from _overhead_load import Cell, measure, verify
-from _overhead_upstream import MODEL
-from overhead import BENCH, REPO, clean_env, cores, describe_machine, git_revision, spawn
-
-
-def arm_env(
-    tree: Path, policy: str | None, extra: list[str], upstream: str, port: int
-) -> dict[str, str]:
-    """The environment of one gateway, as ``bench/overhead.py`` gives its gateway."""
-    return {
-        **clean_env(),
-        "PYTHONPATH": str(tree),
-        "GATEWAY_POLICY": policy or str(tree / "policies" / "default.yaml"),
-        "GATEWAY_EDGE_URLS": f"{upstream}={MODEL}-edge",
-        "GATEWAY_CLOUD_URLS": f"{upstream}={MODEL}-cloud",
-        "OTEL_SDK_DISABLED": "true",
-        **dict(kv.split("=", 1) for kv in extra),
-        "GATEWAY_PORT": str(port),
-    }
+from overhead import (
+    BENCH,
+    REPO,
+    clean_env,
+    cores,
+    describe_machine,
+    gateway_env,
+    git_revision,
+    spawn,
+)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -81,7 +73,9 @@ async def run(args: argparse.Namespace) -> None:
             for name in ("A", "B") if pair % 2 == 0 else ("B", "A"):  # who gets the first port
                 tree, policy, extra = arms[name]
                 port = free_port()
-                env = arm_env(tree, policy, extra, upstream, port)
+                policy_file = Path(policy) if policy else tree / "policies" / "default.yaml"
+                settings = dict(kv.split("=", 1) for kv in extra)
+                env = gateway_env(tree, policy_file, upstream, port, settings)
                 argv = [sys.executable, "-m", "gateway", "serve"]
                 log = workdir / f"{name}{pair}.log"
                 processes[name] = spawn(argv, env=env, cpus=server_cpus, log=log, cwd=tree)

@@ -49,7 +49,6 @@ class UpstreamStream:
     head: tuple[Event, ...]
     events: SseReader
     response: aiohttp.ClientResponse
-    loop: asyncio.AbstractEventLoop
     attempt: AttemptSpan = NO_ATTEMPT
     """This attempt's span; whoever reads the stream records how it ended."""
 
@@ -83,7 +82,8 @@ class UpstreamStream:
         if self.response.content.at_eof():
             self.response.release()
             return
-        task = self.loop.create_task(_drain(self.response, self.loop))
+        loop = self.events.loop
+        task = loop.create_task(_drain(self.response, loop))
         _DRAINING.add(task)  # a task nothing refers to may be collected before it runs
         task.add_done_callback(_DRAINING.discard)
 
@@ -210,9 +210,7 @@ async def open_stream(
                     head.append(event)
                     if has_output(event.chunk):
                         break
-        return UpstreamStream(
-            node=node, head=tuple(head), events=events, response=response, loop=loop
-        )
+        return UpstreamStream(node=node, head=tuple(head), events=events, response=response)
     except BaseException:
         if response is not None:
             response.close()

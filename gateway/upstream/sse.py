@@ -54,7 +54,8 @@ class SseReader:
     ) -> None:
         self._content = content
         self._idle_s = idle_s
-        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
+        """The loop the stream is read on; its time is every deadline's here."""
         self._events: collections.deque[bytes] = collections.deque()
         self._tail = b""
         """Bytes of an event whose closing blank line has not arrived yet..."""
@@ -88,12 +89,12 @@ class SseReader:
 
     async def _wait(self, deadline: float | None) -> bytes:
         # One timer for both bounds: the sooner of the idle deadline and the caller's.
-        idle_at = self._loop.time() + self._idle_s
+        idle_at = self.loop.time() + self._idle_s
         if deadline is None or idle_at < deadline:
-            async with LoopTimeout(self._loop, idle_at):
+            async with LoopTimeout(self.loop, idle_at):
                 return await self._content.readany()
         try:
-            async with LoopTimeout(self._loop, deadline):
+            async with LoopTimeout(self.loop, deadline):
                 return await self._content.readany()
         except TimeoutError:
             raise DeadlineReached from None
