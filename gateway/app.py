@@ -44,13 +44,18 @@ from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import encoding
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.health import run_health_checks
+from gateway.upstream.http1 import Connections
 from gateway.upstream.load import run_load_polling
 from gateway.upstream.pool import NodePool
 
 log = logging.getLogger("gateway")
 
 MAX_UPSTREAM_CONNECTIONS = 512
-"""Bound on the shared connection pool; each node's own limit is its max_concurrency."""
+"""Bound on the connections open to the nodes for chat calls; each node's own limit is
+its max_concurrency."""
+PROBE_CONNECTIONS = 128
+"""Bound on the health and load probes' connections: each round probes every node at once,
+a health check and a load poll each (64 nodes before one waits for another)."""
 KEY_STORE_CONNECTIONS = 32
 """Bound on the key store's pool: a key is read at most once per 0.5 s per replica."""
 KEY_STORE_SOCKET_TIMEOUT_S = 5.0
@@ -104,14 +109,14 @@ def _upstreams(settings: Settings, initial: RoutingState):  # type: ignore[no-un
     async def context(app: web.Application) -> AsyncIterator[None]:
         metrics = GatewayMetrics()
         pool = NodePool(initial.policy)
+        # The chat calls: the gateway's own lean client (gateway/upstream/http1).
+        connections = Connections(
+            asyncio.get_running_loop(), limit=MAX_UPSTREAM_CONNECTIONS, keepalive_s=30
+        )
+        # Health and load probes: a few requests a second at most, through aiohttp.
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, keepalive_timeout=30),
-            # Plain answers, please (aiohttp would offer gzip): the gateway parses every
-            # answer, and compressing a token stream on a local network costs both ends CPU
-            # for nothing. A node that compresses all the same is decompressed.
-            headers={"Accept-Encoding": "identity"},
-            # Every client's requests share this session: a cookie one answer set (a load
-            # balancer's affinity cookie) must not be sent on behalf of everyone after it.
+            connector=aiohttp.TCPConnector(limit=PROBE_CONNECTIONS, keepalive_timeout=30),
+            # A cookie one node set (a load balancer's affinity cookie) is not sent back.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         app[METRICS] = metrics
@@ -126,9 +131,10 @@ def _upstreams(settings: Settings, initial: RoutingState):  # type: ignore[no-un
                 "success" if ok else "failure"
             ).inc(),
         )
-        app[FORWARDER] = Forwarder(pool, session, metrics, tracing=app[TRACING])
+        app[FORWARDER] = Forwarder(pool, connections, metrics, tracing=app[TRACING])
         yield
         await session.close()
+        await connections.close()
 
     return context
 

@@ -27,6 +27,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from gateway.upstream.http1 import Connections, Response
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 T = TypeVar("T")
@@ -211,6 +213,21 @@ async def serve_sse_blocks(
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return server
+
+
+@asynccontextmanager
+async def node_get(server: TestServer, path: str = "/") -> AsyncIterator[Response]:
+    """``GET path`` on ``server`` through the gateway's own client for nodes
+    (:mod:`gateway.upstream.http1`); the response is closed on the way out."""
+    connections = Connections(asyncio.get_running_loop(), limit=4, keepalive_s=30)
+    response = await connections.request(
+        "GET", str(server.make_url("")), path, headers={}, connect_timeout_s=5.0
+    )
+    try:
+        yield response
+    finally:
+        response.close()
+        await connections.close()
 
 
 def policy_dict(

@@ -10,6 +10,8 @@ and function-level imports count too, since they are still dependencies):
 - ``gateway.upstream``, ``gateway.sessions`` and ``gateway.settings`` import neither
   ``gateway.routing`` nor ``gateway.http``; ``gateway.routing`` imports neither
   ``gateway.http`` nor ``gateway.upstream``.
+- ``gateway.upstream.http1`` (the HTTP client for nodes) imports of the gateway only
+  itself and ``gateway.upstream.loop_timeout``.
 
 And, in a fresh interpreter, the policy's values and the retry rules load neither tiktoken
 nor the YAML parser.
@@ -146,6 +148,15 @@ RULES: list[tuple[str, Callable[[str], bool], Callable[[str], bool]]] = [
         "shadow (background re-asks of the cloud) imports neither routing nor http",
         lambda m: _within(m, ["gateway.shadow"]),
         _not("gateway.routing", "gateway.http"),
+    ),
+    (
+        "upstream.http1 (the HTTP client for nodes) knows nothing of chat: of the gateway, "
+        "only itself and loop_timeout",
+        lambda m: _within(m, ["gateway.upstream.http1"]),
+        lambda t: (
+            not _within(t, ["gateway", "hybrid_common"])
+            or _within(t, ["gateway.upstream.http1", "gateway.upstream.loop_timeout"])
+        ),
     ),
     (
         "routing imports neither http nor upstream",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway.app import MAX_UPSTREAM_CONNECTIONS, create_app
+from gateway.app import MAX_UPSTREAM_CONNECTIONS, PROBE_CONNECTIONS, create_app
 from gateway.collector import tune_collector
 from gateway.event_loop import EventLoopUnavailable, choose_event_loop
 from gateway.http.connections import GuardedRunner
@@ -122,12 +122,13 @@ async def start_server(
 def _warn_if_few_file_descriptors(max_connections: int) -> None:
     """Each client connection and each upstream connection is a file descriptor."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = max_connections + MAX_UPSTREAM_CONNECTIONS + 64  # + Redis, logs, policy reads
+    upstream = MAX_UPSTREAM_CONNECTIONS + PROBE_CONNECTIONS
+    needed = max_connections + upstream + 64  # + Redis, logs, policy reads
     if soft != resource.RLIM_INFINITY and soft < needed:
         log.warning(
             "the open-file limit (%d) is below GATEWAY_MAX_CONNECTIONS + %d upstream "
             "connections + 64: raise it (ulimit -n %d) or lower GATEWAY_MAX_CONNECTIONS",
             soft,
-            MAX_UPSTREAM_CONNECTIONS,
+            upstream,
             needed,
         )

@@ -1,6 +1,7 @@
-"""Calls to one node, with every aiohttp and HTTP failure translated into gateway errors.
+"""Calls to one node, with every transport and HTTP failure translated into gateway errors.
 
-This module is the only place that catches aiohttp's exceptions.
+This module is the only place that catches the HTTP client's exceptions
+(:mod:`gateway.upstream.http1`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-import aiohttp
 
 from gateway.errors import (
     UpstreamClientError,
@@ -27,6 +26,13 @@ from gateway.errors import (
 from gateway.policy.fallback import Timeouts
 from gateway.telemetry import NO_ATTEMPT, AttemptSpan
 from gateway.upstream.chunks import Event, has_output, parse_event
+from gateway.upstream.http1 import (
+    ConnectFailed,
+    ConnectionLost,
+    Connections,
+    HttpError,
+    Response,
+)
 from gateway.upstream.loop_timeout import LoopTimeout
 from gateway.upstream.pool import Node
 from gateway.upstream.retry import parse_retry_after
@@ -48,7 +54,7 @@ class UpstreamStream:
     node: Node
     head: tuple[Event, ...]
     events: SseReader
-    response: aiohttp.ClientResponse
+    response: Response
     attempt: AttemptSpan = NO_ATTEMPT
     """This attempt's span; whoever reads the stream records how it ended."""
 
@@ -62,7 +68,7 @@ class UpstreamStream:
         :class:`~gateway.upstream.sse.DeadlineReached` at ``deadline`` (event-loop time)."""
         try:
             return await self.events.next(deadline=deadline)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, HttpError) as exc:
             raise translated(self.node, "stream", exc) from exc
 
     def close(self) -> None:
@@ -95,12 +101,12 @@ instead (a node that sends its usage but holds the body open)."""
 _DRAINING: set[asyncio.Task[None]] = set()
 
 
-async def _drain(response: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop) -> None:
+async def _drain(response: Response, loop: asyncio.AbstractEventLoop) -> None:
     try:
         async with LoopTimeout(loop, loop.time() + DRAIN_S):
             while await response.content.readany():
                 pass
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, HttpError):
         response.close()
         return
     except asyncio.CancelledError:  # the gateway is stopping
@@ -114,26 +120,42 @@ def translate_errors(node: Node, phase: str) -> Iterator[None]:
     """Turn transport failures of ``phase`` on ``node`` into :class:`UpstreamError`."""
     try:
         yield
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, HttpError) as exc:
         raise translated(node, phase, exc) from exc
 
 
-def translated(node: Node, phase: str, exc: TimeoutError | aiohttp.ClientError) -> UpstreamError:
+def translated(node: Node, phase: str, exc: TimeoutError | HttpError) -> UpstreamError:
     """The gateway's error for a transport failure of ``phase`` on ``node``."""
     where = f"{node.tier} node {node.name} ({phase})"
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"{where}: timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return UpstreamConnectError(f"{where}: cannot connect: {exc.os_error}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return UpstreamConnectionReset(f"{where}: connection lost: {exc}")
-    if isinstance(exc, aiohttp.ClientPayloadError):  # a chunked body cut off mid-way
+    if isinstance(exc, ConnectionLost):  # closed before the answer, or in its body
         return UpstreamConnectionReset(f"{where}: connection lost: {exc}")
     return UpstreamProtocolError(f"{where}: {type(exc).__name__}: {exc}")
 
 
+async def _send(
+    connections: Connections,
+    node: Node,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+) -> Response:
+    """POST the chat request to ``node``; returns once the response's head arrived."""
+    return await connections.request(
+        "POST",
+        node.spec.url,
+        CHAT_PATH,
+        body=body,
+        headers=headers,
+        connect_timeout_s=timeouts.connect_s,
+    )
+
+
 async def post_chat(
-    session: aiohttp.ClientSession,
+    connections: Connections,
     node: Node,
     body: bytes,
     *,
@@ -141,28 +163,24 @@ async def post_chat(
     timeouts: Timeouts,
     loop: asyncio.AbstractEventLoop,
     deadline: float | None = None,
-) -> tuple[int, bytes, aiohttp.ClientResponse]:
+) -> tuple[int, bytes, Response]:
     """Non-streaming call: the whole answer within the total deadline.
 
     ``deadline`` (``loop``'s time) is the request's own end, when it comes sooner.
     """
-    total_s = timeouts.total_s
+    end = loop.time() + timeouts.total_s
     if deadline is not None:
-        total_s = min(total_s, max(0.0, deadline - loop.time()))
-    timeout = aiohttp.ClientTimeout(
-        total=total_s, sock_connect=timeouts.connect_s, connect=timeouts.connect_s
-    )
+        end = min(end, deadline)
     with translate_errors(node, "request"):
-        async with session.post(
-            node.spec.url + CHAT_PATH, data=body, headers=headers, timeout=timeout
-        ) as response:
-            payload = await response.read()
+        async with LoopTimeout(loop, end):
+            response = await _send(connections, node, body, headers, timeouts)
+            payload = await response.read()  # gives the connection back, read whole or not
     raise_for_status(node, response.status, payload, response.headers)
     return response.status, payload, response
 
 
 async def open_stream(
-    session: aiohttp.ClientSession,
+    connections: Connections,
     node: Node,
     body: bytes,
     *,
@@ -173,20 +191,15 @@ async def open_stream(
 ) -> UpstreamStream:
     """Streaming call: returns once the first token arrived within the first-token deadline
     (and before ``deadline``, ``loop``'s time, when that comes sooner)."""
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=timeouts.connect_s, connect=timeouts.connect_s
-    )
     first_token_at = loop.time() + timeouts.first_token_s
     if deadline is not None:
         first_token_at = min(first_token_at, deadline)
-    response: aiohttp.ClientResponse | None = None
+    response: Response | None = None
     head: list[Event] = []
     try:
         with translate_errors(node, "first token"):
             async with LoopTimeout(loop, first_token_at):
-                response = await session.post(
-                    node.spec.url + CHAT_PATH, data=body, headers=headers, timeout=timeout
-                )
+                response = await _send(connections, node, body, headers, timeouts)
                 if response.status != 200:
                     payload = await response.read()
                     raise_for_status(node, response.status, payload, response.headers)

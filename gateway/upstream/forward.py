@@ -10,8 +10,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import aiohttp
-
 from gateway.errors import (
     NoCapacity,
     UpstreamClientError,
@@ -27,6 +25,7 @@ from gateway.policy.model import Policy
 from gateway.telemetry import NO_ATTEMPT, AttemptSpan, Tracing, disabled_tracing
 from gateway.upstream import client
 from gateway.upstream.circuit import CircuitState
+from gateway.upstream.http1 import Connections
 from gateway.upstream.pool import Lease, Node, NodePool
 from gateway.upstream.retry import Jitter, same_node_delay
 from hybrid_common.protocol import TIERS, ChatCompletionRequest, Tier
@@ -108,7 +107,7 @@ class Forwarder:
     def __init__(
         self,
         pool: NodePool,
-        session: aiohttp.ClientSession,
+        connections: Connections,
         metrics: GatewayMetrics,
         *,
         tracing: Tracing | None = None,
@@ -117,7 +116,7 @@ class Forwarder:
         """The loop this forwarder serves (made there): every deadline on the way to a node
         is its time, read without looking the loop up again (:mod:`~.loop_timeout`)."""
         self.pool = pool
-        self.session = session
+        self.connections = connections
         self.metrics = metrics
         self.tracing = tracing if tracing is not None else disabled_tracing()
         """Each attempt is a GenAI CLIENT span whose context the node gets as traceparent."""
@@ -141,7 +140,7 @@ class Forwarder:
 
         async def call(node: Node, body: bytes, attempt: AttemptSpan) -> bytes:
             _, payload, _ = await client.post_chat(
-                self.session,
+                self.connections,
                 node,
                 body,
                 headers=attempt.headers(plan.headers),
@@ -174,7 +173,7 @@ class Forwarder:
 
         async def call(node: Node, body: bytes, attempt: AttemptSpan) -> client.UpstreamStream:
             upstream = await client.open_stream(
-                self.session,
+                self.connections,
                 node,
                 body,
                 headers=attempt.headers(plan.headers),

@@ -2,9 +2,9 @@
 
 The reader takes whatever bytes have arrived in one go and splits them into events
 itself: a node that sends twenty events in one TCP segment costs one read
-(:func:`~gateway.upstream.buffered_body.take_buffered`), not forty ``readline`` calls each
-under its own timeout. :meth:`SseReader.take_arrived` hands over every event already in,
-so a relay can pass several on in one write.
+(:meth:`~gateway.upstream.http1.ResponseBody.take_buffered`), not forty ``readline``
+calls each under its own timeout. :meth:`SseReader.take_arrived` hands over every event
+already in, so a relay can pass several on in one write.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import asyncio
 import collections
 import re
 
-import aiohttp
-
-from gateway.upstream.buffered_body import take_buffered
+from gateway.upstream.http1 import HttpError, ResponseBody
 from gateway.upstream.loop_timeout import LoopTimeout
 
 DONE = b"[DONE]"
@@ -28,7 +26,7 @@ _EVENT_END = re.compile(rb"\n\r?\n")
 """Where an event may end (LF LF, or CRLF CRLF whose CR was already dropped or not)."""
 
 
-class EventTooLarge(aiohttp.ClientError):
+class EventTooLarge(HttpError):
     """A node sent more than :data:`MAX_EVENT_BYTES` without ending an event."""
 
 
@@ -41,13 +39,14 @@ class SseReader:
 
     Comments, ``event:``/``id:`` fields and blank keep-alives are skipped. Each wait for
     more bytes is bounded by ``idle_s``: :class:`TimeoutError` means the stream stalled.
-    Transport errors are aiohttp's; the caller translates them. ``loop`` is the one the
-    stream is read on (default: the running loop; see :mod:`gateway.upstream.loop_timeout`).
+    Transport errors are :class:`~gateway.upstream.http1.HttpError`; the caller
+    translates them. ``loop`` is the one the stream is read on (default: the running
+    loop; see :mod:`gateway.upstream.loop_timeout`).
     """
 
     def __init__(
         self,
-        content: aiohttp.StreamReader,
+        content: ResponseBody,
         *,
         idle_s: float,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -78,7 +77,7 @@ class SseReader:
         while not self._events:
             if self._ended:
                 return None
-            block = take_buffered(self._content)
+            block = self._content.take_buffered()
             if not block and not self._content.at_eof():
                 block = await self._wait(deadline)
             if block:

@@ -1,20 +1,20 @@
-"""Reading server-sent events from a real aiohttp response, however the bytes are cut."""
+"""Reading server-sent events from a real response (a loopback aiohttp server, read
+through the gateway's client for nodes), however the bytes are cut."""
 
 from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import pytest
 
 from gateway.upstream.sse import MAX_EVENT_BYTES, DeadlineReached, EventTooLarge, SseReader
-from tests.helpers import serve_sse_blocks
+from tests.helpers import node_get, serve_sse_blocks
 
 
 async def _read_all(blocks: list[bytes], pause_s: float = 0.0) -> list[bytes]:
     server = await serve_sse_blocks(blocks, pause_s)
     try:
-        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
+        async with node_get(server) as r:
             reader = SseReader(r.content, idle_s=2.0)
             out = []
             while (data := await reader.next()) is not None:
@@ -49,7 +49,7 @@ async def test_a_last_event_without_its_blank_line_still_counts() -> None:
 async def test_what_arrived_with_an_event_is_there_without_waiting() -> None:
     server = await serve_sse_blocks([b"data: 1\n\ndata: 2\n\n"], hold_s=0.5)
     try:
-        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
+        async with node_get(server) as r:
             reader = SseReader(r.content, idle_s=2.0)
             assert reader.take_arrived() == []
             assert await reader.next() == b"1"
@@ -63,7 +63,7 @@ async def test_take_arrived_hands_over_every_event_in_at_once() -> None:
     block = b"data: 1\n\n: note\n\ndata: 2\ndata: 3\n\ndata: 4\n\ndata: 5"
     server = await serve_sse_blocks([block], hold_s=0.5)
     try:
-        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
+        async with node_get(server) as r:
             reader = SseReader(r.content, idle_s=2.0)
             assert reader.take_arrived() == []  # nothing read yet
             assert await reader.next() == b"1"
@@ -77,18 +77,17 @@ async def test_take_arrived_hands_over_every_event_in_at_once() -> None:
 async def test_a_stall_is_a_timeout_and_the_callers_deadline_is_its_own() -> None:
     server = await serve_sse_blocks([b"data: 1\n\n"], hold_s=2.0)
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(server.make_url("/")) as r:
-                reader = SseReader(r.content, idle_s=0.2)
-                assert await reader.next() == b"1"
-                with pytest.raises(TimeoutError):
-                    await reader.next()  # idle for 0.2 s: the stream stalled
-            async with session.get(server.make_url("/")) as r:
-                reader = SseReader(r.content, idle_s=5.0)
-                assert await reader.next() == b"1"
-                deadline = asyncio.get_running_loop().time() + 0.2
-                with pytest.raises(DeadlineReached):
-                    await reader.next(deadline=deadline)  # the deadline comes first
+        async with node_get(server) as r:
+            reader = SseReader(r.content, idle_s=0.2)
+            assert await reader.next() == b"1"
+            with pytest.raises(TimeoutError):
+                await reader.next()  # idle for 0.2 s: the stream stalled
+        async with node_get(server) as r:
+            reader = SseReader(r.content, idle_s=5.0)
+            assert await reader.next() == b"1"
+            deadline = asyncio.get_running_loop().time() + 0.2
+            with pytest.raises(DeadlineReached):
+                await reader.next(deadline=deadline)  # the deadline comes first
     finally:
         await server.close()
 
@@ -104,7 +103,7 @@ async def test_an_event_that_never_ends_is_refused_not_buffered_forever() -> Non
     block = b"data: " + b"x" * 65536
     server = await serve_sse_blocks([block] * (MAX_EVENT_BYTES // 65536 + 2))
     try:
-        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as r:
+        async with node_get(server) as r:
             reader = SseReader(r.content, idle_s=2.0)
             with pytest.raises(EventTooLarge):
                 await reader.next()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,28 +96,6 @@ async def raw_stream(gateway: RunningGateway, body: dict[str, object]) -> RawStr
             if line.startswith(b"data: "):
                 out.events.append(line[6:].decode())
         return out
-
-
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """A URL whose TCP connects hang: a listening socket with a full accept queue."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for filler in fillers:
-            filler.close()
-        server.close()
 
 
 @pytest.fixture
