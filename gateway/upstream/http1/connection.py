@@ -28,7 +28,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 4 * 1024
 """The longest chunk-size or trailer line read."""
 
-_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\r\n]*))?")
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\r\n]*)?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
@@ -38,8 +38,9 @@ _IDLE, _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _CLOSED = range(6)
 
 @dataclass(frozen=True, slots=True)
 class ResponseHead:
+    """A response's status and header fields, and its body as it arrives."""
+
     status: int
-    reason: str
     headers: CIMultiDict[str]
     body: ResponseBody
 
@@ -139,7 +140,7 @@ class Connection(asyncio.Protocol):
             if end < 0:
                 self._pending = data
                 return b""
-            minor, status, reason, headers = _parse_head(data[:end])
+            minor, status, headers = _parse_head(data[:end])
             data = data[end + 4 :]
             if status >= 200:
                 break
@@ -153,7 +154,7 @@ class Connection(asyncio.Protocol):
         self._frame(status, headers)
         waiter, self._waiter = self._waiter, None
         if not waiter.done():  # not cancelled
-            waiter.set_result(ResponseHead(status, reason, headers, body))
+            waiter.set_result(ResponseHead(status, headers, body))
         return data
 
     def _frame(self, status: int, headers: CIMultiDict[str]) -> None:
@@ -279,7 +280,8 @@ class Connection(asyncio.Protocol):
             self._body.fail(error)
 
 
-def _parse_head(raw: bytes) -> tuple[int, int, str, CIMultiDict[str]]:
+def _parse_head(raw: bytes) -> tuple[int, int, CIMultiDict[str]]:
+    """(HTTP/1 minor version, status, header fields); the reason phrase is not kept."""
     lines = raw.decode("latin-1").split("\r\n")
     match = _STATUS_LINE.fullmatch(lines[0])
     if match is None:
@@ -290,7 +292,7 @@ def _parse_head(raw: bytes) -> tuple[int, int, str, CIMultiDict[str]]:
         if not colon or not name or name != name.strip() or "\n" in line or "\r" in line:
             raise MalformedResponse(f"an invalid header line: {line[:80]!r}")
         headers.add(name, value.strip(" \t"))
-    return int(match.group(1)), int(match.group(2)), match.group(3) or "", headers
+    return int(match.group(1)), int(match.group(2)), headers
 
 
 def _tokens(value: str | None) -> list[str]:

@@ -11,10 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import yarl
-from multidict import CIMultiDict
 
-from gateway.upstream.http1.body import ResponseBody
-from gateway.upstream.http1.connection import Connection
+from gateway.upstream.http1.connection import Connection, ResponseHead
 from gateway.upstream.http1.errors import ConnectFailed, ConnectionLost, InvalidRequestHeader
 from gateway.upstream.loop_timeout import LoopTimeout
 
@@ -67,25 +65,17 @@ class Response:
     connection back with :meth:`release` (reused if the body was read whole) or
     :meth:`close`; either may be called more than once."""
 
-    __slots__ = ("_connection", "_connections", "_origin", "content", "headers", "reason", "status")
+    __slots__ = ("_connection", "_connections", "_origin", "content", "headers", "status")
 
     def __init__(
-        self,
-        connections: Connections,
-        origin: Origin,
-        connection: Connection,
-        status: int,
-        reason: str,
-        headers: CIMultiDict[str],
-        content: ResponseBody,
+        self, connections: Connections, origin: Origin, connection: Connection, head: ResponseHead
     ) -> None:
         self._connections = connections
         self._origin = origin
         self._connection: Connection | None = connection
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.content = content
+        self.status = head.status
+        self.headers = head.headers
+        self.content = head.body
 
     async def read(self) -> bytes:
         """The whole body; the connection goes back to the pool."""
@@ -154,7 +144,7 @@ class Connections:
         except BaseException:
             connection.close()
             raise
-        return Response(self, origin, connection, head.status, head.reason, head.headers, head.body)
+        return Response(self, origin, connection, head)
 
     def put_back(self, origin: Origin, connection: Connection) -> None:
         """A response's connection, free again: kept for the next request if reusable."""

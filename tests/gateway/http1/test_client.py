@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
-import shutil
 import ssl
-import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -400,24 +398,14 @@ async def test_an_unread_body_holds_the_node_back_until_it_is_read(
 # -- TLS ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+TLS = Path(__file__).parent / "tls"
+"""A self-signed certificate for 127.0.0.1 and its key, for these tests only (made once
+with ``openssl req -x509 -newkey rsa:2048 -nodes -days 36500 -subj /CN=127.0.0.1 -addext
+subjectAltName=IP:127.0.0.1``; valid until 2126)."""
 
 
-async def test_an_https_node_is_called_over_tls_and_its_certificate_checked(
-    certificate: tuple[Path, Path],
-) -> None:
-    cert, key = certificate
+async def test_an_https_node_is_called_over_tls_and_its_certificate_checked() -> None:
+    cert, key = TLS / "cert.pem", TLS / "key.pem"
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
 
